@@ -1,0 +1,122 @@
+"""Attestors: one module per platform, each with the verifier chit runs and the
+collector an agent runs, behind the small interface below.
+
+A verifier turns a subject token into an `Attestation` — the verified facts
+about where a workload runs — or raises `InvalidEvidence` (the token proves
+nothing: 400) or `EvidenceUnavailable` (a check could not be made: 503).
+Nothing a verifier has not verified ever goes into an Attestation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol
+
+if TYPE_CHECKING:
+    from attestors.jose import CompactJws
+
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
+TOKEN_TYPE_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
+TOKEN_TYPE_AWS_IID = "urn:chit:params:oauth:token-type:aws-iid"
+JWT_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN})
+
+
+class InvalidEvidence(Exception):
+    """The subject (or actor) token is not acceptable evidence; the message says why
+    in words safe to return to the caller (no key material, no token)."""
+
+
+class EvidenceUnavailable(Exception):
+    """A source the verification needs (JWKS, certificates, a platform API) did not
+    answer: the check cannot be made, so the exchange fails closed (503)."""
+
+
+class ReplayGuard(Protocol):
+    """Single-use bookkeeping a verifier asks for, committed only once a credential
+    is issued, so that failed attempts bind nothing (DESIGN.md "AWS nonce")."""
+
+    async def commit(self) -> None:
+        """Record the use atomically; raise InvalidEvidence if another exchange won."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerImage:
+    """A container image the platform reports for the workload (not yet signature-checked)."""
+
+    ref: str
+    digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Attestation:
+    """Verified facts about a workload.
+
+    `facts` become `input.attestation` (beside `kind` and `claims`), `att` the
+    `att` claim of minted tokens, `expires_at` caps the minted lifetime (a
+    credential never outlives its evidence).
+    """
+
+    kind: str
+    subject: str
+    facts: Mapping[str, Any]
+    claims: Mapping[str, Any]
+    att: Mapping[str, Any]
+    expires_at: float | None = None
+    images: tuple[ContainerImage, ...] | None = None
+    replay_guard: ReplayGuard | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("facts", "claims", "att"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+
+    @property
+    def region(self) -> str | None:
+        return self.facts.get("region")
+
+    def policy_view(self) -> dict[str, Any]:
+        """`input.attestation` (DESIGN.md "Policy contract")."""
+        return {"kind": self.kind, **self.facts, "claims": dict(self.claims)}
+
+    def att_claim(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.att}
+
+
+class Verifier(ABC):
+    """The server half of an attestor."""
+
+    kind: ClassVar[str]
+
+    async def enrich(self, attestation: Attestation) -> Attestation:
+        """Optional platform API checks and facts (pod lookup, instance state)."""
+        return attestation
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+class JwtVerifier(Verifier):
+    """An attestor whose evidence is a JWT, routed to it by the token's `iss`."""
+
+    @property
+    @abstractmethod
+    def issuers(self) -> frozenset[str]:
+        """The exact `iss` values this verifier is responsible for."""
+
+    @abstractmethod
+    async def verify_jws(self, jws: CompactJws, now: float) -> Attestation:
+        """Verify a structurally checked JWS whose `iss` is one of `issuers`."""
+
+
+class DocumentVerifier(Verifier):
+    """An attestor with its own subject token type (an AWS instance identity document)."""
+
+    token_type: ClassVar[str]
+
+    @abstractmethod
+    async def verify(self, subject_token: str, now: float) -> Attestation:
+        """Verify a subject token of `token_type`."""

@@ -1,0 +1,261 @@
+"""Verification keys of one issuer, from a JWKS URL, OIDC discovery or a file.
+
+Keys are cached. An unknown `kid` triggers a refetch at most once per
+`REFETCH_INTERVAL` per source (a negative cache in between), so a flood of
+forged kids costs the issuer one request per 30 s. When the source is down,
+cached keys keep working; an unknown kid then cannot be checked and fails
+closed (`EvidenceUnavailable`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import ssl
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import httpx
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt.exceptions import InvalidKeyError
+
+from attestors import EvidenceUnavailable, InvalidEvidence
+from attestors.jose import PublicKey, algorithm_for_key
+from server.config import require_safe_url
+
+log = logging.getLogger("chit.jwks")
+
+REFETCH_INTERVAL = 30.0  # at most one fetch per source per 30 s on unknown kids or failures
+REFRESH_AFTER = 300.0  # known keys are refreshed in the background after 5 minutes
+FETCH_TIMEOUT = 5.0
+MAX_DOCUMENT_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    kid: str | None
+    key: PublicKey
+    algorithm: str
+
+
+def parse_jwks(document: Any, source: str) -> dict[str | None, VerificationKey]:
+    """Public RS256/ES256 signing keys of a JWKS (RFC 7517); anything else is skipped."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a JWKS (no keys array)")
+    keys: dict[str | None, VerificationKey] = {}
+    duplicate_kids: set[str | None] = set()
+    for entry in document["keys"]:
+        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+            continue
+        if "d" in entry:
+            # A private key in a public key set is a serious misconfiguration; never use it.
+            log.error("JWKS %s publishes a private key (kid %r); key ignored", source, entry.get("kid"))
+            continue
+        loader = {"RSA": RSAAlgorithm, "EC": ECAlgorithm}.get(entry.get("kty"))
+        if loader is None:
+            continue
+        try:
+            key = loader.from_jwk(entry)
+        except (InvalidKeyError, ValueError, TypeError, KeyError):
+            log.warning("JWKS %s: unusable key (kid %r) skipped", source, entry.get("kid"))
+            continue
+        algorithm = algorithm_for_key(key)
+        if algorithm is None or entry.get("alg", algorithm) != algorithm:
+            continue
+        kid = entry.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            continue
+        if kid in keys:
+            duplicate_kids.add(kid)
+        keys[kid] = VerificationKey(kid, key, algorithm)
+    for kid in duplicate_kids:
+        # Two keys under one kid: which one is meant is ambiguous, so neither is used.
+        log.warning("JWKS %s: kid %r appears more than once; those keys are ignored", source, kid)
+        del keys[kid]
+    return keys
+
+
+def select_key(keys: Mapping[str | None, VerificationKey], kid: str | None) -> VerificationKey | None:
+    if kid is not None:
+        return keys.get(kid)
+    # A token without kid is only matched when the issuer has exactly one key.
+    return next(iter(keys.values())) if len(keys) == 1 else None
+
+
+class KeySource(ABC):
+    @abstractmethod
+    async def key(self, kid: str | None) -> VerificationKey:
+        """The key for `kid`, or InvalidEvidence (unknown) / EvidenceUnavailable (cannot tell)."""
+
+    async def close(self) -> None:
+        return None
+
+
+class FileKeySource(KeySource):
+    """A JWKS file, re-read when it changes (checked at most every few seconds)."""
+
+    CHECK_INTERVAL = 5.0
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._keys: dict[str | None, VerificationKey] = {}
+        self._mtime: float | None = None
+        self._checked = 0.0
+
+    def _load(self) -> None:
+        try:
+            stat = os.stat(self.path)
+            if stat.st_mtime_ns == self._mtime:
+                return
+            if stat.st_size > MAX_DOCUMENT_BYTES:
+                raise ValueError("file too large")
+            document = json.loads(self.path.read_bytes())
+            self._keys = parse_jwks(document, str(self.path))
+            self._mtime = stat.st_mtime_ns
+        except (OSError, ValueError) as error:
+            log.error("cannot read JWKS file %s: %s", self.path, error)
+            if self._mtime is None:
+                raise EvidenceUnavailable("issuer keys cannot be read") from None
+
+    async def key(self, kid: str | None) -> VerificationKey:
+        now = time.monotonic()
+        if self._mtime is None or now - self._checked >= self.CHECK_INTERVAL:
+            self._checked = now
+            self._load()
+        found = select_key(self._keys, kid)
+        if found is None:
+            raise InvalidEvidence("signing key not known for this issuer")
+        return found
+
+
+def http_client(ca_file: Path | None = None) -> httpx.AsyncClient:
+    """An HTTP client for key material: TLS verified, bounded in time, no redirects."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
+    return httpx.AsyncClient(
+        verify=context,
+        timeout=httpx.Timeout(FETCH_TIMEOUT),
+        follow_redirects=False,
+        headers={"Accept": "application/json", "User-Agent": "chit"},
+        trust_env=False,
+    )
+
+
+async def fetch_json(client: httpx.AsyncClient, url: str) -> Any:
+    """GET a JSON document of bounded size; any failure raises EvidenceUnavailable."""
+    try:
+        async with client.stream("GET", url) as response:
+            if response.status_code != 200:
+                raise EvidenceUnavailable(f"{url} answered HTTP {response.status_code}")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_DOCUMENT_BYTES:
+                    raise EvidenceUnavailable(f"{url} sent more than {MAX_DOCUMENT_BYTES} bytes")
+        return json.loads(body)
+    except httpx.HTTPError as error:
+        raise EvidenceUnavailable(f"{url}: {type(error).__name__}") from None
+    except ValueError:
+        raise EvidenceUnavailable(f"{url} did not send JSON") from None
+
+
+class RemoteKeySource(KeySource):
+    """Keys fetched over HTTP(S), directly from `jwks_uri` or via OIDC discovery.
+
+    With discovery, the document's `issuer` must equal the configured issuer
+    exactly (OpenID Connect Discovery §4.3), or it is never used.
+    """
+
+    def __init__(
+        self,
+        *,
+        jwks_uri: str | None = None,
+        discovery_issuer: str | None = None,
+        client: httpx.AsyncClient,
+        label: str,
+    ):
+        if (jwks_uri is None) == (discovery_issuer is None):
+            raise ValueError("give exactly one of jwks_uri and discovery_issuer")
+        self.jwks_uri = jwks_uri
+        self.discovery_issuer = discovery_issuer
+        self.label = label
+        self._client = client
+        self._keys: dict[str | None, VerificationKey] | None = None
+        self._fetched_at = 0.0  # monotonic time of the last successful fetch
+        self._attempted_at = -REFETCH_INTERVAL  # of the last attempt, successful or not
+        self._last_failed = False
+        self._inflight: asyncio.Task[None] | None = None
+        self.fetch_count = 0
+
+    async def _fetch(self) -> None:
+        self.fetch_count += 1
+        uri = self.jwks_uri
+        if self.discovery_issuer is not None:
+            url = self.discovery_issuer.rstrip("/") + "/.well-known/openid-configuration"
+            document = await fetch_json(self._client, url)
+            if not isinstance(document, dict) or document.get("issuer") != self.discovery_issuer:
+                raise EvidenceUnavailable(f"discovery document at {url} names another issuer")
+            uri = document.get("jwks_uri")
+            if not isinstance(uri, str):
+                raise EvidenceUnavailable(f"discovery document at {url} has no jwks_uri")
+            try:
+                require_safe_url(uri, "jwks_uri")
+            except ValueError as error:
+                raise EvidenceUnavailable(str(error)) from None
+        assert uri is not None
+        document = await fetch_json(self._client, uri)
+        try:
+            self._keys = parse_jwks(document, uri)
+        except ValueError as error:
+            raise EvidenceUnavailable(f"{uri}: {error}") from None
+
+    def _start_fetch(self) -> asyncio.Future[None]:
+        if self._inflight is None:
+            self._attempted_at = time.monotonic()
+            self._inflight = asyncio.ensure_future(self._fetch())
+            self._inflight.add_done_callback(self._fetched)
+        return self._inflight
+
+    def _fetched(self, task: asyncio.Future[None]) -> None:
+        self._inflight = None
+        error = None if task.cancelled() else task.exception()
+        self._last_failed = task.cancelled() or error is not None
+        if self._last_failed:
+            log.warning("keys of %s could not be fetched: %s", self.label, error or "cancelled")
+        else:
+            self._fetched_at = time.monotonic()
+
+    async def _await_fetch(self) -> None:
+        """Wait for the (single, shared) fetch; its failure is recorded, not raised."""
+        try:
+            await asyncio.shield(self._start_fetch())
+        except EvidenceUnavailable:
+            pass
+
+    async def key(self, kid: str | None) -> VerificationKey:
+        now = time.monotonic()
+        may_fetch = now - self._attempted_at >= REFETCH_INTERVAL
+        known = self._keys is not None and select_key(self._keys, kid) is not None
+        if self._inflight is not None and not known:
+            await self._await_fetch()
+        elif not known and may_fetch:
+            await self._await_fetch()
+        elif known and may_fetch and now - self._fetched_at >= REFRESH_AFTER:
+            self._start_fetch()  # answer from the cache now, refresh in the background
+        found = None if self._keys is None else select_key(self._keys, kid)
+        if found is not None:
+            return found
+        if self._keys is None or self._last_failed:
+            raise EvidenceUnavailable(f"keys of {self.label} cannot be fetched")
+        raise InvalidEvidence("signing key not known for this issuer")
+
+    async def close(self) -> None:
+        if self._inflight is not None:
+            self._inflight.cancel()
+        await self._client.aclose()

@@ -1,0 +1,93 @@
+package chit_test
+
+import rego.v1
+
+# How these tests are written, so that they run on both engines:
+# - input is replaced key by key (`with input.attestation as …`): rego-cpp
+#   1.5, the embedded engine, crashes on `with input as …` when the policy
+#   calls any function;
+# - values are bound to local variables before `with … as`: rego-cpp
+#   ignores `with data.x as <rule>`;
+# - string literals are never passed through a user-defined function: in
+#   rego-cpp such a string keeps its quotes (a lookup with it finds nothing).
+
+bindings := {"kubernetes": {"prod": {"payments": {
+	"agent": {"scope": ["read:db", "write:db"], "audience": ["https://db.internal"], "ttl": 600},
+	"regional": {"scope": ["read:db"], "audience": ["https://db.internal"], "regions": ["eu-west-1"]},
+}}}}
+
+# A verified Kubernetes attestation; tests vary it with object.union.
+payments_agent := {
+	"kind": "kubernetes", "cluster": "prod", "namespace": "payments",
+	"service_account": "agent", "region": "us-east-1",
+}
+
+test_bound_workload_is_allowed if {
+	a := payments_agent
+	s := "spiffe://example.org/k8s/prod/ns/payments/sa/agent"
+	b := bindings
+	d := data.chit.decision with input.attestation as a with input.subject as s with data.bindings as b
+	d.allow == true
+	d.scope == ["read:db", "write:db"]
+	d.audience == ["https://db.internal"]
+	d.ttl == 600
+}
+
+test_unknown_service_account_is_denied if {
+	a := object.union(payments_agent, {"service_account": "intruder"})
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+	d.reasons == ["no binding for this workload"]
+}
+
+test_unknown_namespace_is_denied if {
+	a := object.union(payments_agent, {"namespace": "billing"})
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+}
+
+test_unknown_cluster_is_denied if {
+	a := object.union(payments_agent, {"cluster": "staging"})
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+}
+
+test_ttl_defaults_to_900 if {
+	a := object.union(payments_agent, {"service_account": "regional", "region": "eu-west-1"})
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == true
+	d.ttl == 900
+}
+
+test_region_outside_the_binding_is_denied if {
+	a := object.union(payments_agent, {"service_account": "regional"})
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+	d.reasons == ["region us-east-1 is not allowed for this workload"]
+}
+
+test_region_missing_when_required_is_denied if {
+	a := json.remove(object.union(payments_agent, {"service_account": "regional", "region": "x"}), ["region"])
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+}
+
+test_other_kind_with_the_same_names_is_denied if {
+	a := json.patch(payments_agent, [{"op": "replace", "path": "/kind", "value": "gcp"}])
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+}
+
+test_shipped_dev_binding if {
+	a := object.union(payments_agent, {"cluster": "dev", "namespace": "demo"})
+	d := data.chit.decision with input.attestation as a
+	d.allow == true
+	d.audience == ["https://demo.chit.invalid"]
+}

@@ -1,0 +1,161 @@
+"""chit's HTTP surface: the Starlette application and its endpoints (DESIGN.md "HTTP endpoints")."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from typing import Any, AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from attestors.kubernetes import KubernetesVerifier
+from attestors.routing import AttestorRouter
+from server.audit import AuditLog
+from server.config import Config
+from server.errors import InvalidRequest, OAuthError, RequestTooLarge
+from server.exchange import AuditEntry, TokenExchange
+from server.keys import KeyStore, ensure_signing_key
+from server.policy import build_engine
+from server.token_request import GRANT_TYPE_TOKEN_EXCHANGE, MAX_BODY_BYTES, parse_token_request
+
+log = logging.getLogger("chit.app")
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # RFC 6749 §5.1
+
+
+def oauth_error_response(error: OAuthError, decision_id: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": error.error, "error_description": error.description}
+    if decision_id is not None:
+        body["decision_id"] = decision_id
+    headers = {**NO_STORE, **error.headers}
+    if error.status_code == 401:
+        headers.setdefault("WWW-Authenticate", f'Bearer error="{error.error}"')
+    if error.status_code == 413:
+        headers["Connection"] = "close"  # the rest of the body is not read
+    return JSONResponse(body, status_code=error.status_code, headers=headers)
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refusing anything over `limit` before it is all in memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest("invalid Content-Length")
+        if int(declared) > limit:
+            raise RequestTooLarge(f"request body over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestTooLarge(f"request body over {limit} bytes")
+    return bytes(body)
+
+
+def build_exchange(config: Config) -> TokenExchange:
+    """Everything an exchange needs, built once; raises on any unusable configuration."""
+    ensure_signing_key(config.signing.keys_dir, config.signing.algorithm)
+    keys = KeyStore(config.signing.keys_dir)
+    jwt_verifiers = []
+    if config.attestors.kubernetes.clusters:
+        jwt_verifiers.append(KubernetesVerifier(config.attestors.kubernetes, config.trust_domain))
+    router = AttestorRouter(jwt_verifiers, [], own_issuer=config.issuer, is_own_kid=keys.is_own_kid)
+    return TokenExchange(config, keys, router, build_engine(config), AuditLog(config.audit.sink))
+
+
+def create_app(config: Config) -> Starlette:
+    exchange = build_exchange(config)
+    metadata = json.dumps(server_metadata(config, exchange.keys)).encode()
+
+    async def token(request: Request) -> Response:
+        now = time.time()
+        entry = AuditEntry(client=request.client.host if request.client else None)
+        try:
+            if request.url.query:
+                # RFC 6749 §3.2 puts the parameters in the body; tokens in URLs end up in logs.
+                raise InvalidRequest("parameters must be sent in the request body")
+            body = await read_body(request)
+            token_request = parse_token_request(request.headers.get("content-type"), body)
+            response = JSONResponse(await exchange.exchange(token_request, entry, now), headers=NO_STORE)
+        except OAuthError as error:
+            entry.refused(error)
+            response = oauth_error_response(error, entry.decision_id)
+        except Exception:
+            log.exception("exchange %s failed unexpectedly", entry.decision_id)
+            entry.outcome, entry.error = "unavailable", "server_error"
+            response = JSONResponse(
+                {"error": "server_error", "error_description": "internal error", "decision_id": entry.decision_id},
+                status_code=500,
+                headers=NO_STORE,
+            )
+        exchange.audit.write(entry.record(now))
+        return response
+
+    async def discovery(request: Request) -> Response:
+        return Response(metadata, media_type="application/json", headers={"Cache-Control": "public, max-age=300"})
+
+    async def jwks(request: Request) -> Response:
+        return Response(
+            exchange.keys.jwks_json(time.time()),
+            media_type="application/jwk-set+json",
+            headers={"Cache-Control": "public, max-age=60"},
+        )
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        checks = {
+            "signing_key": exchange.keys.signing_key(time.time()) is not None,
+            "policy": await exchange.policy.ready(),
+        }
+        ready = all(checks.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await exchange.close()
+
+    app = Starlette(
+        routes=[
+            Route("/token", token, methods=["POST"]),
+            Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
+            Route("/.well-known/oauth-authorization-server", discovery, methods=["GET"]),
+            Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.exchange = exchange
+    return app
+
+
+def server_metadata(config: Config, keys: KeyStore) -> dict[str, Any]:
+    """RFC 8414 / OpenID Connect Discovery metadata; the same document at both paths."""
+    algorithms = sorted({k.algorithm for k in keys.keys}) or [config.signing.algorithm]
+    return {
+        "issuer": config.issuer,
+        "token_endpoint": config.token_endpoint,
+        "jwks_uri": f"{config.issuer}/.well-known/jwks.json",
+        "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
+        "token_endpoint_auth_methods_supported": ["none"],
+        # OpenID Connect Discovery requires these three; cloud IAM OIDC federation reads them.
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": algorithms,
+    }
+
+
+def app_from_environment() -> Starlette:
+    """uvicorn's factory in each worker process: the config `chit serve` validated."""
+    import os
+
+    from server.config import RESOLVED_CONFIG_ENV
+
+    return create_app(Config.model_validate_json(os.environ[RESOLVED_CONFIG_ENV]))

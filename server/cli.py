@@ -1,0 +1,276 @@
+"""The `chit` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from server.config import CONFIG_ENV, RESOLVED_CONFIG_ENV, Config, ConfigError, load_config
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"chit: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def config_from_args(args: argparse.Namespace, environ: dict[str, str] = os.environ) -> Config:  # type: ignore[assignment]
+    """--config FILE, else $CHIT_CONFIG."""
+    path = getattr(args, "config", None) or environ.get(CONFIG_ENV)
+    if not path:
+        fail(f"no configuration: pass --config FILE or set {CONFIG_ENV}")
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        fail(str(error))
+        raise  # unreachable
+
+
+# --- chit serve -----------------------------------------------------------------
+
+
+def serve_config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
+    from server.dev import dev_config
+
+    has_file = bool(args.config or environ.get(CONFIG_ENV))
+    if not args.dev:
+        config = config_from_args(args, environ)
+    else:
+        base = config_from_args(args, environ) if has_file else None
+        config = dev_config(Path(args.state_dir), args.host or "127.0.0.1", args.port or 8400, base)
+    listen = config.listen.model_copy(
+        update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    )
+    return config.model_copy(update={"listen": listen})
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from server.app import build_exchange
+    from server.errors import OAuthError
+    from server.keys import SigningKeyError
+    from server.policy.bundle import PolicyLoadError
+
+    config = serve_config(args, dict(os.environ))
+    try:
+        # Fail here, once, with a readable message, rather than in every worker.
+        exchange = build_exchange(config)
+    except (PolicyLoadError, SigningKeyError, ValueError, OSError, OAuthError) as error:
+        fail(str(error))
+    exchange.audit.close()
+    os.environ[RESOLVED_CONFIG_ENV] = config.model_dump_json()
+    base_url = f"http://{config.listen.host}:{config.listen.port}"
+    mode = "dev mode" if config.dev else "production mode"
+    print(f"chit {mode}: listening on {base_url} ({args.workers} worker(s)); issuer {config.issuer}", file=sys.stderr)
+    if config.dev:
+        state = f" --state-dir {args.state_dir}" if args.state_dir != ".chit" else ""
+        print(
+            "Try an exchange:\n"
+            f"  TOKEN=$(chit dev token{state} --namespace demo --service-account agent)\n"
+            f"  curl -s {base_url}/token -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange"
+            ' -d subject_token_type=urn:ietf:params:oauth:token-type:jwt --data-urlencode "subject_token=$TOKEN"',
+            file=sys.stderr,
+            flush=True,
+        )
+    from server.http import LimitedHttpToolsProtocol
+
+    uvicorn.run(
+        "server.app:app_from_environment",
+        factory=True,
+        host=config.listen.host,
+        port=config.listen.port,
+        workers=args.workers,
+        http=LimitedHttpToolsProtocol,
+        loop="uvloop" if _has_uvloop() else "asyncio",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=30,
+        log_config=_log_config(),
+    )
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _log_config() -> dict:
+    """Operational logs go to stderr; stdout is reserved for the audit log."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "chit": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        },
+    }
+
+
+# --- chit dev token ---------------------------------------------------------------
+
+
+def cmd_dev_token(args: argparse.Namespace) -> None:
+    from server.dev import dev_token
+
+    print(
+        dev_token(
+            Path(args.state_dir),
+            namespace=args.namespace,
+            service_account=args.service_account,
+            pod=args.pod,
+            audience=args.audience,
+            ttl=args.ttl,
+        )
+    )
+
+
+# --- chit keys ----------------------------------------------------------------------
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> None:
+    from server.keys import rotate
+
+    config = config_from_args(args)
+    key = rotate(config.signing.keys_dir, config.signing.algorithm, config.signing.rotation_grace_seconds)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(key.activates_at))
+    print(f"added key {key.kid} ({key.algorithm}); published now, signs from {when}")
+
+
+def cmd_keys_list(args: argparse.Namespace) -> None:
+    from server.keys import describe
+
+    config = config_from_args(args)
+    for row in describe(config.signing.keys_dir):
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["activates_at"]))
+        print(f"{row['kid']}  {row['algorithm']:6}  {row['state']:9}  activates {when}  {row['file']}")
+
+
+# --- chit policy ----------------------------------------------------------------------
+
+
+def _policy_dir(args: argparse.Namespace) -> Path:
+    from server.policy.bundle import shipped_policy_dir
+
+    if getattr(args, "dir", None):
+        return Path(args.dir)
+    if getattr(args, "config", None) or os.environ.get(CONFIG_ENV):
+        return config_from_args(args).policy.dir or shipped_policy_dir()
+    return shipped_policy_dir()
+
+
+def cmd_policy_test(args: argparse.Namespace) -> None:
+    from server.policy.bundle import PolicyLoadError
+    from server.policy.testing import run_tests
+
+    directory = _policy_dir(args)
+    try:
+        results = run_tests(directory)
+    except PolicyLoadError as error:
+        fail(str(error), 1)
+    if not results:
+        fail(f"{directory}: no test_ rules found", 1)
+    for result in results:
+        if args.verbose or result.status != "PASS":
+            line = f"{result.status}: {result.rule} ({result.milliseconds:.1f} ms)"
+            print(line + (f"\n  {result.detail}" if result.detail else ""))
+    passed = sum(r.status == "PASS" for r in results)
+    print(f"{'-' * 60}\nPASS: {passed}/{len(results)}" + ("" if passed == len(results) else f"  FAIL/ERROR: {len(results) - passed}"))
+    raise SystemExit(0 if passed == len(results) else 1)
+
+
+def cmd_policy_eval(args: argparse.Namespace) -> None:
+    from server.policy.bundle import PolicyLoadError
+    from server.policy.testing import evaluate
+
+    try:
+        policy_input = json.loads(Path(args.input).read_text() if args.input != "-" else sys.stdin.read())
+    except (OSError, ValueError) as error:
+        fail(f"cannot read input {args.input}: {error}")
+    try:
+        result = evaluate(_policy_dir(args), policy_input)
+    except PolicyLoadError as error:
+        fail(str(error), 1)
+    print(json.dumps(result, indent=2))
+
+
+def cmd_config_check(args: argparse.Namespace) -> None:
+    from server.policy import build_engine
+    from server.policy.bundle import PolicyLoadError
+
+    config = config_from_args(args)
+    try:
+        build_engine(config)
+    except PolicyLoadError as error:
+        fail(str(error), 1)
+    print(f"{args.config or os.environ.get(CONFIG_ENV)}: configuration and policy OK")
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chit", description="Workload-identity token exchange (RFC 8693).")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", metavar="FILE", help=f"YAML configuration (default: ${CONFIG_ENV})")
+        return p
+
+    serve = with_config(commands.add_parser("serve", help="run the exchange server"))
+    serve.add_argument("--dev", action="store_true", help="development mode: embedded defaults and a local dev cluster")
+    serve.add_argument("--host", help="override listen.host")
+    serve.add_argument("--port", type=int, help="override listen.port")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--state-dir", default=".chit", help="dev mode: where keys and the dev cluster live")
+    serve.set_defaults(handler=cmd_serve)
+
+    dev = commands.add_parser("dev", help="development helpers").add_subparsers(dest="dev_command", required=True)
+    token = dev.add_parser("token", help="print a token of the development cluster (trusted by `serve --dev` only)")
+    token.add_argument("--namespace", required=True)
+    token.add_argument("--service-account", required=True)
+    token.add_argument("--pod", help="pod name (default: generated)")
+    token.add_argument("--audience", default="chit")
+    token.add_argument("--ttl", type=int, default=3600)
+    token.add_argument("--state-dir", default=".chit")
+    token.set_defaults(handler=cmd_dev_token)
+
+    keys = commands.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
+    with_config(keys.add_parser("rotate", help="add the next signing key")).set_defaults(handler=cmd_keys_rotate)
+    with_config(keys.add_parser("list", help="list signing keys and their state")).set_defaults(handler=cmd_keys_list)
+
+    policy = commands.add_parser("policy", help="policy tooling").add_subparsers(dest="policy_command", required=True)
+    test = with_config(policy.add_parser("test", help="run the Rego unit tests (test_* rules)"))
+    test.add_argument("dir", nargs="?", help="policy directory (default: the configured or shipped policies)")
+    test.add_argument("-v", "--verbose", action="store_true", help="list passing tests too")
+    test.set_defaults(handler=cmd_policy_test)
+    evaluate = with_config(policy.add_parser("eval", help="print the decision for an input document"))
+    evaluate.add_argument("--input", required=True, metavar="FILE", help="input JSON ('-' for stdin)")
+    evaluate.add_argument("--dir", help="policy directory (default: the configured or shipped policies)")
+    evaluate.set_defaults(handler=cmd_policy_eval)
+
+    config = commands.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)
+    with_config(config.add_parser("check", help="validate a configuration and compile its policy")).set_defaults(
+        handler=cmd_config_check
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()

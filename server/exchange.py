@@ -1,0 +1,222 @@
+"""The token exchange pipeline: parse → attest → enrich → decide → mint → audit.
+
+`TokenExchange.exchange` is the whole of it, one step per call; each step
+lives in its own module. Any refusal is an `OAuthError` (server.errors); the
+audit entry records what was decided and why, never a token.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from attestors import Attestation, EvidenceUnavailable, InvalidEvidence
+from attestors.routing import AttestorRouter
+from server.audit import AuditLog
+from server.config import MAX_TOKEN_TTL, Config
+from server.errors import InvalidRequest, OAuthError, TemporarilyUnavailable
+from server.keys import KeyStore
+from server.mint import TYP_ACCESS_TOKEN, TYP_JWT, mint_jwt
+from server.policy import PolicyEngine, PolicyUnavailable, parse_decision, policy_input
+from server.policy.decision import Decision, Grant, grant
+from server.policy.embedded import PolicyEvaluationError
+from server.token_request import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_AWS_CREDENTIALS, TokenRequest
+
+log = logging.getLogger("chit.exchange")
+
+
+@dataclass
+class AuditEntry:
+    """One audit line in the making (DESIGN.md "Audit log")."""
+
+    client: str | None
+    started: float = field(default_factory=time.perf_counter)
+    decision_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    outcome: str = "invalid"
+    error: str | None = None
+    subject: str | None = None
+    kind: str | None = None
+    region: str | None = None
+    audience: tuple[str, ...] = ()
+    resource: tuple[str, ...] = ()
+    scope: tuple[str, ...] = ()
+    granted_audience: tuple[str, ...] = ()
+    granted_scope: tuple[str, ...] = ()
+    ttl: int | None = None
+    jti: str | None = None
+    reasons: tuple[str, ...] = ()
+
+    def refused(self, error: OAuthError) -> None:
+        self.outcome = error.outcome
+        self.error = error.error
+        if error.detail and error.detail != error.description:
+            self.reasons = self.reasons + (error.detail,) if error.detail not in self.reasons else self.reasons
+
+    def record(self, now: float) -> dict[str, Any]:
+        return {
+            "ts": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "decision_id": self.decision_id,
+            "outcome": self.outcome,
+            "error": self.error,
+            "subject": self.subject,
+            "kind": self.kind,
+            "region": self.region,
+            "client": self.client,
+            "audience": list(self.audience),
+            "resource": list(self.resource),
+            "scope": list(self.scope),
+            "granted_audience": list(self.granted_audience),
+            "granted_scope": list(self.granted_scope),
+            "ttl": self.ttl,
+            "jti": self.jti,
+            "reasons": list(self.reasons),
+            "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
+        }
+
+
+class TokenExchange:
+    def __init__(
+        self,
+        config: Config,
+        keys: KeyStore,
+        attestors: AttestorRouter,
+        policy: PolicyEngine,
+        audit: AuditLog,
+    ):
+        self.config = config
+        self.keys = keys
+        self.attestors = attestors
+        self.policy = policy
+        self.audit = audit
+
+    async def exchange(self, request: TokenRequest, entry: AuditEntry, now: float) -> dict[str, Any]:
+        """Run one exchange; returns the RFC 8693 §2.2.1 response body or raises OAuthError."""
+        entry.audience, entry.resource, entry.scope = request.audience, request.resource, request.scope
+        if not self.attestors.accepts(request.subject_token_type):
+            raise InvalidRequest("subject_token_type not enabled on this server")
+
+        subject = await self.attest("subject_token", request.subject_token_type, request.subject_token, now)
+        entry.subject, entry.kind, entry.region = subject.subject, subject.kind, subject.region
+        actor = None
+        if request.actor_token is not None:
+            assert request.actor_token_type is not None
+            actor = await self.attest("actor_token", request.actor_token_type, request.actor_token, now)
+
+        subject = await self.enrich(subject)
+        decision = await self.decide(subject, actor, request, now)
+        entry.reasons = decision.reasons
+        granted = grant(decision, request.scope, request.targets)
+        entry.granted_scope, entry.granted_audience = granted.scope, granted.audience
+
+        response = self.mint(request, subject, actor, decision, granted, entry, now)
+        await self.commit_replay_guards(subject, actor)
+        entry.outcome = "issued"
+        return response
+
+    async def attest(self, parameter: str, token_type: str, token: str, now: float) -> Attestation:
+        try:
+            return await self.attestors.verify(token_type, token, now)
+        except InvalidEvidence as error:
+            raise InvalidRequest(f"{parameter} invalid: {error}") from None
+        except EvidenceUnavailable as error:
+            raise TemporarilyUnavailable(
+                f"cannot verify the {parameter} right now", detail=f"{parameter}: {error}"
+            ) from None
+
+    async def enrich(self, attestation: Attestation) -> Attestation:
+        try:
+            return await self.attestors.enrich(attestation)
+        except InvalidEvidence as error:
+            raise InvalidRequest(f"subject_token invalid: {error}") from None
+        except EvidenceUnavailable as error:
+            raise TemporarilyUnavailable("cannot verify the workload right now", detail=str(error)) from None
+
+    async def decide(
+        self, subject: Attestation, actor: Attestation | None, request: TokenRequest, now: float
+    ) -> Decision:
+        request_view = {
+            "audience": list(request.audience),
+            "resource": list(request.resource),
+            "scope": list(request.scope),
+            "requested_token_type": request.requested_token_type,
+            "actor": None if actor is None else {"subject": actor.subject, "attestation": actor.policy_view()},
+        }
+        images = None
+        if subject.images is not None:
+            images = [{"ref": i.ref, "digest": i.digest, "signed": False, "signers": []} for i in subject.images]
+        try:
+            value = await self.policy.decide(policy_input(subject, request_view, now, images))
+        except PolicyEvaluationError as error:
+            return Decision.deny(f"policy error: {error}")
+        except PolicyUnavailable as error:
+            raise TemporarilyUnavailable("the policy engine is unavailable", detail=str(error)) from None
+        return parse_decision(value)
+
+    def lifetime(self, decision: Decision, *evidence: Attestation | None, now: float) -> int:
+        """min(decision ttl, configured ttl, 900, the evidence's remaining lifetime)."""
+        ttl = min(decision.ttl or MAX_TOKEN_TTL, self.config.tokens.ttl_seconds, MAX_TOKEN_TTL)
+        for attestation in evidence:
+            if attestation is not None and attestation.expires_at is not None:
+                ttl = min(ttl, int(attestation.expires_at - now))
+        if ttl < 1:
+            raise InvalidRequest("subject_token expires too soon to back a credential")
+        return ttl
+
+    def mint(
+        self,
+        request: TokenRequest,
+        subject: Attestation,
+        actor: Attestation | None,
+        decision: Decision,
+        granted: Grant,
+        entry: AuditEntry,
+        now: float,
+    ) -> dict[str, Any]:
+        if request.requested_token_type == TOKEN_TYPE_AWS_CREDENTIALS:
+            raise InvalidRequest("requested_token_type aws-credentials is not enabled on this server")
+        ttl = self.lifetime(decision, subject, actor, now=now)
+        key = self.keys.signing_key(now)
+        if key is None:
+            raise TemporarilyUnavailable("no signing key is active", detail=f"no active key in {self.keys.keys_dir}")
+        jwt_requested = request.requested_token_type != TOKEN_TYPE_ACCESS_TOKEN
+        issued = mint_jwt(
+            key,
+            issuer=self.config.issuer,
+            subject=subject.subject,
+            audience=granted.audience,
+            scope=granted.scope,
+            ttl=ttl,
+            now=now,
+            att=subject.att_claim(),
+            actor=None if actor is None else actor.subject,
+            typ=TYP_JWT if jwt_requested else TYP_ACCESS_TOKEN,
+        )
+        entry.ttl, entry.jti = ttl, issued.jti
+        response: dict[str, Any] = {
+            "access_token": issued.token,
+            "issued_token_type": request.requested_token_type,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+        }
+        if granted.scope:
+            response["scope"] = " ".join(granted.scope)
+        return response
+
+    async def commit_replay_guards(self, *attestations: Attestation | None) -> None:
+        for attestation in attestations:
+            if attestation is not None and attestation.replay_guard is not None:
+                try:
+                    await attestation.replay_guard.commit()
+                except InvalidEvidence as error:
+                    raise InvalidRequest(f"subject_token invalid: {error}") from None
+                except EvidenceUnavailable as error:
+                    raise TemporarilyUnavailable("cannot record the exchange right now", detail=str(error)) from None
+
+    async def close(self) -> None:
+        await self.attestors.close()
+        await self.policy.close()
+        self.audit.close()

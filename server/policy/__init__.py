@@ -1,0 +1,87 @@
+"""Policy: build `input`, ask the engine for `data.chit.decision`, validate the answer.
+
+Two engines answer the same question: `embedded` (rego-cpp in process) and
+`opa` (an OPA server). Either way an engine that errors or answers something
+malformed denies; an engine that cannot be reached makes the exchange fail
+closed with 503 (DESIGN.md "Decisions").
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any, Protocol
+
+from attestors import Attestation
+from server.config import Config
+from server.policy.bundle import PolicyBundle, load_policy_dir, shipped_policy_dir
+from server.policy.decision import Decision, parse_decision
+
+
+class PolicyUnavailable(Exception):
+    """The engine could not be asked (unreachable, 5xx, timeout): fail closed."""
+
+
+class PolicyEngine(Protocol):
+    name: str
+
+    async def decide(self, policy_input: dict[str, Any]) -> Any:
+        """The raw decision value (None when undefined). Raises PolicyEvaluationError
+        (deny) or PolicyUnavailable (503)."""
+
+    async def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+def policy_bundle(config: Config) -> PolicyBundle:
+    return load_policy_dir(config.policy.dir or shipped_policy_dir())
+
+
+def build_engine(config: Config) -> PolicyEngine:
+    """The configured engine; raises PolicyLoadError when the policy cannot be used."""
+    from server.policy.embedded import EmbeddedEngine
+
+    return EmbeddedEngine(policy_bundle(config))
+
+
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def now_input(now: float) -> dict[str, Any]:
+    """`input.now`, computed once per request, in UTC."""
+    moment = _dt.datetime.fromtimestamp(int(now), _dt.timezone.utc)
+    return {
+        "unix": int(now),
+        "rfc3339": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "weekday": WEEKDAYS[moment.weekday()],
+        "hour": moment.hour,
+    }
+
+
+def policy_input(
+    attestation: Attestation,
+    request: dict[str, Any],
+    now: float,
+    images: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The one place `input` is built (DESIGN.md "Policy contract"): only verified facts."""
+    document: dict[str, Any] = {
+        "subject": attestation.subject,
+        "attestation": attestation.policy_view(),
+        "request": request,
+        "now": now_input(now),
+    }
+    if images is not None:
+        document["images"] = images
+    return document
+
+
+__all__ = [
+    "Decision",
+    "PolicyEngine",
+    "PolicyUnavailable",
+    "build_engine",
+    "parse_decision",
+    "policy_bundle",
+    "policy_input",
+]
