@@ -77,7 +77,7 @@ class Attestation:
 
     def policy_view(self) -> dict[str, Any]:
         """`input.attestation` (DESIGN.md "Policy contract")."""
-        return {"kind": self.kind, **self.facts, "claims": dict(self.claims)}
+        return {"kind": self.kind, **self.facts, "claims": self.claims}
 
     def att_claim(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.att}

@@ -9,8 +9,9 @@ always one line.
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Any, TextIO
+from typing import Any
 
 AUDIT_FIELDS = (
     "ts",
@@ -34,15 +35,21 @@ AUDIT_FIELDS = (
 
 
 class AuditLog:
+    """Appends one line per record with a single write(2), so that lines from
+    several workers sharing a file (O_APPEND) never interleave."""
+
     def __init__(self, sink: str):
         self.sink = sink
-        self._stream: TextIO = sys.stdout if sink == "stdout" else open(sink, "a", encoding="utf-8", buffering=1)
+        if sink == "stdout":
+            self._fd, self._owned = sys.stdout.fileno(), False
+        else:
+            self._fd, self._owned = os.open(sink, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640), True
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str)
-        self._stream.write(line + "\n")
-        self._stream.flush()
+        line = memoryview((json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n").encode())
+        while line:
+            line = line[os.write(self._fd, line) :]
 
     def close(self) -> None:
-        if self._stream is not sys.stdout:
-            self._stream.close()
+        if self._owned:
+            os.close(self._fd)

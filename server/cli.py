@@ -49,8 +49,6 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
     from server.app import build_exchange
     from server.errors import OAuthError
     from server.keys import SigningKeyError
@@ -77,14 +75,21 @@ def cmd_serve(args: argparse.Namespace) -> None:
             file=sys.stderr,
             flush=True,
         )
-    from server.http import LimitedHttpToolsProtocol
+    run_uvicorn("server.app:app_from_environment", config.listen.host, config.listen.port, args.workers)
 
-    uvicorn.run(
-        "server.app:app_from_environment",
+
+def run_uvicorn(factory: str, host: str, port: int, workers: int) -> None:
+    """Serve an app factory with chit's HTTP settings (also used by the benchmarks' floors)."""
+    import uvicorn
+
+    from server.http import LimitedHttpToolsProtocol
+    from server.workers import Supervisor
+
+    settings = dict(
+        app=factory,
         factory=True,
-        host=config.listen.host,
-        port=config.listen.port,
-        workers=args.workers,
+        host=host,
+        port=port,
         http=LimitedHttpToolsProtocol,
         loop="uvloop" if _has_uvloop() else "asyncio",
         lifespan="on",
@@ -94,6 +99,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         timeout_graceful_shutdown=30,
         log_config=_log_config(),
     )
+    if workers <= 1:
+        uvicorn.Server(uvicorn.Config(**settings)).run()
+        return
+    raise SystemExit(Supervisor(settings, host, port, workers).run())
 
 
 def _has_uvloop() -> bool:

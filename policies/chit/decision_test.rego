@@ -68,7 +68,7 @@ test_region_outside_the_binding_is_denied if {
 	b := bindings
 	d := data.chit.decision with input.attestation as a with data.bindings as b
 	d.allow == false
-	d.reasons == ["region us-east-1 is not allowed for this workload"]
+	d.reasons == ["region not allowed by the binding"]
 }
 
 test_region_missing_when_required_is_denied if {

@@ -9,6 +9,7 @@ closed with 503 (DESIGN.md "Decisions").
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 from typing import Any, Protocol
 
 from attestors import Attestation
@@ -47,15 +48,20 @@ def build_engine(config: Config) -> PolicyEngine:
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
-def now_input(now: float) -> dict[str, Any]:
-    """`input.now`, computed once per request, in UTC."""
-    moment = _dt.datetime.fromtimestamp(int(now), _dt.timezone.utc)
+@functools.lru_cache(maxsize=4)
+def _now_input(second: int) -> dict[str, Any]:
+    moment = _dt.datetime.fromtimestamp(second, _dt.timezone.utc)
     return {
-        "unix": int(now),
+        "unix": second,
         "rfc3339": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "weekday": WEEKDAYS[moment.weekday()],
         "hour": moment.hour,
     }
+
+
+def now_input(now: float) -> dict[str, Any]:
+    """`input.now` in UTC, from the one timestamp taken per request (a copy: callers may keep it)."""
+    return dict(_now_input(int(now)))
 
 
 def policy_input(

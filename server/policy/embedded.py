@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from types import MappingProxyType
 from typing import Any
 
 import regopy
@@ -43,48 +44,38 @@ class PolicyEvaluationError(Exception):
     """The policy raised an error (a conflict, a strict built-in error): the decision is a deny."""
 
 
-class _InputBuilder:
-    """Builds a rego-cpp input term from a JSON-shaped Python value (stack machine of the C API)."""
+def _add_input(handle: int, value: Any) -> int:
+    """Push `value` onto rego-cpp's input stack; returns the OR of the C status codes.
 
-    __slots__ = ("handle",)
-
-    def __init__(self) -> None:
-        self.handle = _new_input()
-
-    def add(self, value: Any) -> None:
-        kind = type(value)
-        handle = self.handle
-        if kind is str:
-            status = _input_string(handle, value.encode("utf-8"))
-        elif kind is dict:
-            for key, item in value.items():
-                if type(key) is not str:
-                    raise TypeError("policy input object keys must be strings")
-                _input_string(handle, key.encode("utf-8"))
-                self.add(item)
-                _input_object_item(handle)
-            status = _input_object(handle, len(value))
-        elif kind is list or kind is tuple:
-            for item in value:
-                self.add(item)
-            status = _input_array(handle, len(value))
-        elif kind is bool:
-            status = _input_bool(handle, value)
-        elif kind is int:
-            if not -(2**63) <= value < 2**63:
-                raise TypeError("integer out of the policy engine's range")
-            status = _input_int(handle, value)
-        elif kind is float:
-            status = _input_float(handle, value)
-        elif value is None:
-            status = _input_null(handle)
-        else:
-            raise TypeError(f"cannot pass {kind.__name__} to the policy")
-        if status != _OK:
-            raise TypeError(f"rego-cpp refused a policy input value (code {status})")
-
-    def free(self) -> None:
-        _free_input(self.handle)
+    This is on the hot path of every exchange: one ctypes call per scalar and
+    two per object member, nothing else.
+    """
+    kind = type(value)
+    if kind is str:
+        return _input_string(handle, value.encode("utf-8"))
+    if kind is dict or kind is MappingProxyType:
+        status = 0
+        for key, item in value.items():
+            status |= _input_string(handle, key.encode("utf-8"))
+            status |= _input_string(handle, item.encode("utf-8")) if type(item) is str else _add_input(handle, item)
+            status |= _input_object_item(handle)
+        return status | _input_object(handle, len(value))
+    if kind is list or kind is tuple:
+        status = 0
+        for item in value:
+            status |= _add_input(handle, item)
+        return status | _input_array(handle, len(value))
+    if kind is bool:
+        return _input_bool(handle, value)
+    if kind is int:
+        if not -(2**63) <= value < 2**63:
+            raise TypeError("integer out of the policy engine's range")
+        return _input_int(handle, value)
+    if kind is float:
+        return _input_float(handle, value)
+    if value is None:
+        return _input_null(handle)
+    raise TypeError(f"cannot pass {kind.__name__} to the policy")
 
 
 class EmbeddedEngine:
@@ -111,16 +102,16 @@ class EmbeddedEngine:
 
     def evaluate(self, policy_input: dict[str, Any]) -> Any:
         """The decision value, or None when undefined. Raises PolicyEvaluationError."""
-        builder = _InputBuilder()
+        handle = _new_input()
         try:
             try:
-                builder.add(policy_input)
-            except TypeError as error:
+                status = _add_input(handle, policy_input)
+            except (TypeError, AttributeError, UnicodeEncodeError) as error:
                 raise PolicyEvaluationError(f"policy input not representable: {error}") from None
-            if _lib.regoSetInput(self._impl, builder.handle) != _OK:
+            if status != _OK or _lib.regoSetInput(self._impl, handle) != _OK:
                 raise PolicyEvaluationError("the policy engine refused the input")
         finally:
-            builder.free()
+            _free_input(handle)
         output = _lib.regoBundleQueryEntrypoint(self._impl, self._plan_impl, self._entrypoint)
         if not output:
             raise PolicyEvaluationError(rego_shared.rego_get_error(self._impl) or "evaluation failed")
