@@ -137,7 +137,7 @@ def parse_compact_jws(token: str) -> CompactJws:
     if "cty" in header:
         raise InvalidEvidence("nested tokens (cty) are not accepted")
     kid = header.get("kid")
-    if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > 256):
+    if "kid" in header and (not isinstance(kid, str) or not kid or len(kid) > 256):
         raise InvalidEvidence("header kid must be a non-empty string")
     typ = header.get("typ")
     if typ is not None and (not isinstance(typ, str) or typ.lower() not in ("jwt", "application/jwt")):

@@ -190,6 +190,7 @@ class RemoteKeySource(KeySource):
         self._fetched_at = 0.0  # monotonic time of the last successful fetch
         self._attempted_at = -REFETCH_INTERVAL  # of the last attempt, successful or not
         self._last_failed = False
+        self._last_error = ""
         self._inflight: asyncio.Task[None] | None = None
         self.fetch_count = 0
 
@@ -227,7 +228,8 @@ class RemoteKeySource(KeySource):
         error = None if task.cancelled() else task.exception()
         self._last_failed = task.cancelled() or error is not None
         if self._last_failed:
-            log.warning("keys of %s could not be fetched: %s", self.label, error or "cancelled")
+            self._last_error = str(error or "cancelled")
+            log.warning("keys of %s could not be fetched: %s", self.label, self._last_error)
         else:
             self._fetched_at = time.monotonic()
 
@@ -252,7 +254,7 @@ class RemoteKeySource(KeySource):
         if found is not None:
             return found
         if self._keys is None or self._last_failed:
-            raise EvidenceUnavailable(f"keys of {self.label} cannot be fetched")
+            raise EvidenceUnavailable(f"keys of {self.label} cannot be fetched: {self._last_error}")
         raise InvalidEvidence("signing key not known for this issuer")
 
     async def close(self) -> None:

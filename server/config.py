@@ -299,7 +299,7 @@ def parse_config(document: Mapping[str, Any], source: str, base: Path) -> Config
         lines = [f"{source}: invalid configuration:"]
         for problem in error.errors():
             key = _format_location(problem["loc"])
-            message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+            message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"].removeprefix("Value error, ")
             lines.append(f"  {key}: {message}")
         raise ConfigError("\n".join(lines)) from None
     return _resolve_paths(config, base)

@@ -35,7 +35,8 @@ class PolicyEngine(Protocol):
 
 
 def policy_bundle(config: Config) -> PolicyBundle:
-    return load_policy_dir(config.policy.dir or shipped_policy_dir())
+    # Test modules never take part in a decision; the server leaves them out.
+    return load_policy_dir(config.policy.dir or shipped_policy_dir(), include_tests=False)
 
 
 def build_engine(config: Config) -> PolicyEngine:

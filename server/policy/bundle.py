@@ -20,6 +20,9 @@ import server
 ENTRYPOINT = "chit/decision"
 QUERY = "data.chit.decision"
 
+# rego-cpp 1.5 crashes the process on `with input as …` once the policy calls a
+# function; such modules are refused (server) or their tests not run (`policy test`).
+WITH_WHOLE_INPUT = re.compile(r"\bwith\s+input\s+as\b")
 _PACKAGE = re.compile(r"^\s*package\s+([A-Za-z_][\w.]*)", re.MULTILINE)
 _DECISION_RULE = re.compile(r"^\s*(default\s+)?decision\b", re.MULTILINE)
 _COMMENT = re.compile(r"#[^\n]*")
@@ -78,7 +81,11 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def load_policy_dir(root: Path, *, require_decision: bool = True) -> PolicyBundle:
+def uses_whole_input_override(source: str) -> bool:
+    return bool(WITH_WHOLE_INPUT.search(_COMMENT.sub("", source)))
+
+
+def load_policy_dir(root: Path, *, require_decision: bool = True, include_tests: bool = True) -> PolicyBundle:
     root = Path(root)
     if not root.is_dir():
         raise PolicyLoadError(f"{root}: policy directory not found")
@@ -89,6 +96,8 @@ def load_policy_dir(root: Path, *, require_decision: bool = True) -> PolicyBundl
             continue
         relative = path.relative_to(root).as_posix()
         if path.suffix == ".rego":
+            if not include_tests and path.name.endswith("_test.rego"):
+                continue
             try:
                 modules[relative] = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as error:

@@ -20,7 +20,7 @@ from typing import Any
 import regopy
 from regopy import rego_shared
 
-from server.policy.bundle import ENTRYPOINT, PolicyBundle, PolicyLoadError, format_compile_error
+from server.policy.bundle import ENTRYPOINT, PolicyBundle, PolicyLoadError, format_compile_error, uses_whole_input_override
 
 log = logging.getLogger("chit.policy")
 
@@ -85,6 +85,12 @@ class EmbeddedEngine:
 
     def __init__(self, bundle: PolicyBundle):
         self.bundle = bundle
+        for name, source in bundle.modules.items():
+            if uses_whole_input_override(source):
+                raise PolicyLoadError(
+                    f"{bundle.root / name}: `with input as …` crashes the embedded engine (rego-cpp); "
+                    "replace input key by key (`with input.attestation as …`) or use engine: opa"
+                )
         self._interpreter = regopy.Interpreter()
         try:
             for name, source in bundle.modules.items():

@@ -10,7 +10,7 @@ from typing import Any
 
 import regopy
 
-from server.policy.bundle import PolicyBundle, PolicyLoadError, format_compile_error, load_policy_dir
+from server.policy.bundle import PolicyBundle, PolicyLoadError, format_compile_error, load_policy_dir, uses_whole_input_override
 from server.policy.decision import parse_decision
 from server.policy.embedded import EmbeddedEngine, PolicyEvaluationError
 
@@ -25,16 +25,16 @@ class PolicyTestResult:
     detail: str = ""
 
 
-def discover_tests(bundle: PolicyBundle) -> list[str]:
-    """Every `test_*` rule of every module, as a data reference, in file order."""
-    found: dict[str, None] = {}
+def discover_tests(bundle: PolicyBundle) -> dict[str, str]:
+    """Every `test_*` rule of every module, as a data reference, with its module, in file order."""
+    found: dict[str, str] = {}
     for name, source in bundle.modules.items():
         package = bundle.module_package(name)
         if package is None:
             continue
         for match in _TEST_RULE.finditer(source):
-            found[f"data.{package}.{match.group(1)}"] = None
-    return list(found)
+            found.setdefault(f"data.{package}.{match.group(1)}", name)
+    return found
 
 
 def compile_for_queries(bundle: PolicyBundle) -> regopy.Interpreter:
@@ -53,7 +53,11 @@ def run_tests(directory: Path) -> list[PolicyTestResult]:
     bundle = load_policy_dir(directory, require_decision=False)
     interpreter = compile_for_queries(bundle)
     results = []
-    for rule in discover_tests(bundle):
+    for rule, module in discover_tests(bundle).items():
+        if uses_whole_input_override(bundle.modules[module]):
+            detail = f"{module} uses `with input as …`, which crashes rego-cpp: replace input key by key"
+            results.append(PolicyTestResult(rule, "ERROR", 0.0, detail))
+            continue
         started = time.perf_counter()
         try:
             output = interpreter.query(rule)

@@ -1,0 +1,161 @@
+"""Where verification keys come from, and what happens when that source fails:
+cached keys keep working, an unknown kid costs at most one fetch per 30 s, and a
+check that cannot be made is a 503, never a token."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Iterator
+
+import jwt
+import pytest
+
+from tests.factories import ChitServer, ClusterIssuer, DocumentServer, assert_issued, assert_refused, free_port
+
+
+@pytest.fixture(scope="module")
+def issuers(documents: DocumentServer) -> dict[str, ClusterIssuer]:
+    found = {}
+    for name in ("flaky", "rotating", "flood", "down", "garbage", "slow", "private"):
+        issuer = ClusterIssuer(name, f"https://{name}.k8s.chit.test")
+        found[name] = issuer
+        documents.serve(f"/{name}/jwks", issuer.jwks())
+    documents.serve("/garbage/jwks", b"<html>not json</html>")
+    documents.delays["/slow/jwks"] = 7
+    private = found["private"]
+    leaked = dict(private.jwk, d="AQAB")  # a JWKS that (wrongly) carries a private member
+    documents.serve("/private/jwks", {"keys": [leaked]})
+    for name in ("disco", "impostor"):
+        issuer = ClusterIssuer(name, documents.url(f"/{name}"))
+        found[name] = issuer
+        documents.serve(f"/{name}/keys", issuer.jwks())
+        documents.serve(
+            f"/{name}/.well-known/openid-configuration",
+            {"issuer": issuer.issuer if name == "disco" else "https://someone-else.example", "jwks_uri": documents.url(f"/{name}/keys")},
+        )
+    return found
+
+
+@pytest.fixture(scope="module")
+def chit_jwks(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, issuers: dict[str, ClusterIssuer]) -> Iterator[ChitServer]:
+    clusters = []
+    for name, issuer in issuers.items():
+        cluster = {"name": name, "issuer": issuer.issuer, "audiences": ["chit"]}
+        if name in ("disco", "impostor"):
+            cluster["discovery"] = True
+        elif name == "down":
+            cluster["jwks_uri"] = f"http://127.0.0.1:{free_port()}/jwks"  # nothing listens there
+        else:
+            cluster["jwks_uri"] = documents.url(f"/{name}/jwks")
+        clusters.append(cluster)
+    bindings = {name: {"payments": {"agent": {"scope": ["s"], "audience": ["https://x"]}}} for name in issuers}
+    policy = tmp_path_factory.mktemp("jwks-policy")
+    from tests.factories import copy_policy
+
+    copy_policy(policy / "p", {"bindings": {"kubernetes": bindings}})
+    server = ChitServer(
+        tmp_path_factory.mktemp("chit-jwks"),
+        {"policy": {"dir": str(policy / "p")}, "attestors": {"kubernetes": {"clusters": clusters}}},
+    ).start()
+    yield server
+    server.stop()
+
+
+def token_with_kid(issuer: ClusterIssuer, kid: str) -> str:
+    return jwt.encode(issuer.claims(), issuer.private_key, algorithm="RS256", headers={"kid": kid})
+
+
+def test_unreachable_jwks_with_nothing_cached_is_503(chit_jwks: ChitServer, issuers) -> None:
+    body = assert_refused(chit_jwks.exchange(issuers["down"].token()), status=503, error="temporarily_unavailable")
+    assert chit_jwks.audit_for(body["decision_id"])["outcome"] == "unavailable"
+
+
+def test_jwks_that_is_not_json_is_503(chit_jwks: ChitServer, issuers) -> None:
+    assert_refused(chit_jwks.exchange(issuers["garbage"].token()), status=503, error="temporarily_unavailable")
+
+
+def test_jwks_that_times_out_is_503(chit_jwks: ChitServer, issuers) -> None:
+    started = time.monotonic()
+    assert_refused(chit_jwks.exchange(issuers["slow"].token()), status=503, error="temporarily_unavailable")
+    assert time.monotonic() - started < 7
+
+
+def test_private_key_in_a_jwks_is_never_used(chit_jwks: ChitServer, issuers) -> None:
+    assert_refused(chit_jwks.exchange(issuers["private"].token()))
+
+
+def test_cached_keys_keep_working_when_the_source_fails(chit_jwks: ChitServer, documents: DocumentServer, issuers) -> None:
+    flaky = issuers["flaky"]
+    assert_issued(chit_jwks.exchange(flaky.token()))
+    documents.failures["/flaky/jwks"] = 500
+    try:
+        assert_issued(chit_jwks.exchange(flaky.token()))
+        # An unknown kid cannot be checked while the source is down (or was
+        # refetched moments ago): refused either way, never a token.
+        response = chit_jwks.exchange(token_with_kid(flaky, "unknown-kid"))
+        assert response.status_code in (400, 503) and "access_token" not in response.json()
+    finally:
+        del documents.failures["/flaky/jwks"]
+
+
+def test_unknown_kid_flood_costs_at_most_one_fetch(chit_jwks: ChitServer, documents: DocumentServer, issuers) -> None:
+    flood = issuers["flood"]
+    assert_issued(chit_jwks.exchange(flood.token()))  # first fetch
+    before = documents.hits.get("/flood/jwks", 0)
+    for _ in range(30):
+        assert_refused(chit_jwks.exchange(token_with_kid(flood, uuid.uuid4().hex)))
+    assert documents.hits.get("/flood/jwks", 0) - before <= 1
+
+
+def test_new_issuer_key_is_picked_up_after_the_refetch_interval(chit_jwks: ChitServer, documents: DocumentServer, issuers) -> None:
+    rotating = issuers["rotating"]
+    assert_issued(chit_jwks.exchange(rotating.token()))
+    first_fetch = time.monotonic()
+    successor = ClusterIssuer("rotating", rotating.issuer)
+    documents.serve("/rotating/jwks", {"keys": [rotating.jwk, successor.jwk]})
+    # Within 30 s of the last fetch the new kid is negatively cached.
+    assert_refused(chit_jwks.exchange(successor.token()))
+    time.sleep(max(0.0, 31 - (time.monotonic() - first_fetch)))
+    assert_issued(chit_jwks.exchange(successor.token()))
+    assert_issued(chit_jwks.exchange(rotating.token()))
+
+
+def test_discovery_finds_the_jwks(chit_jwks: ChitServer, documents: DocumentServer, issuers) -> None:
+    assert_issued(chit_jwks.exchange(issuers["disco"].token()))
+    assert documents.hits.get("/disco/.well-known/openid-configuration", 0) >= 1
+
+
+def test_discovery_document_naming_another_issuer_is_never_used(chit_jwks: ChitServer, documents: DocumentServer, issuers) -> None:
+    body = assert_refused(chit_jwks.exchange(issuers["impostor"].token()), status=503, error="temporarily_unavailable")
+    assert documents.hits.get("/impostor/keys", 0) == 0
+    assert "another issuer" in " ".join(chit_jwks.audit_for(body["decision_id"])["reasons"])
+    assert "another issuer" in chit_jwks.log()
+
+
+def test_jwks_file_is_reread_when_it_changes(tmp_path, documents: DocumentServer) -> None:
+    issuer = ClusterIssuer("filed", "https://filed.k8s.chit.test")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(issuer.jwks()))
+    from tests.factories import copy_policy
+
+    policy = copy_policy(tmp_path / "p", {"bindings": {"kubernetes": {"filed": {"payments": {"agent": {"audience": ["https://x"]}}}}}})
+    server = ChitServer(
+        tmp_path / "chit",
+        {
+            "policy": {"dir": str(policy)},
+            "attestors": {"kubernetes": {"clusters": [{"name": "filed", "issuer": issuer.issuer, "jwks_file": str(jwks), "audiences": ["chit"]}]}},
+        },
+    ).start()
+    try:
+        assert_issued(server.exchange(issuer.token()))
+        successor = ClusterIssuer("filed", issuer.issuer)
+        jwks.write_text(json.dumps(successor.jwks()))
+        deadline = time.time() + 10
+        while server.exchange(successor.token()).status_code != 200:
+            assert time.time() < deadline, "the new JWKS file was not picked up"
+            time.sleep(0.5)
+        assert_refused(server.exchange(issuer.token()))  # the replaced key is gone
+    finally:
+        server.stop()

@@ -1,0 +1,123 @@
+"""The configuration file: parsed once, strictly; a bad key stops the start with a
+message naming the key and the file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.config import ConfigError, load_config
+from tests.factories import ROOT
+
+MINIMAL = "issuer: https://chit.example.org\n"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "chit.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_has_the_documented_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.issuer == "https://chit.example.org"
+    assert (config.listen.host, config.listen.port) == ("127.0.0.1", 8400)
+    assert config.trust_domain == "example.org"
+    assert config.signing.algorithm == "ES256" and config.signing.rotation_grace_seconds == 300
+    assert config.signing.keys_dir == tmp_path / "var/keys"  # relative to the file
+    assert config.tokens.ttl_seconds == 900
+    assert config.policy.engine == "embedded" and config.policy.timeout_ms == 500
+    assert config.attestors.kubernetes.max_token_lifetime_seconds == 86400
+    assert config.state.backend == "memory" and config.audit.sink == "stdout"
+    assert config.token_endpoint == "https://chit.example.org/token"
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        (MINIMAL + "listen: {host: 0.0.0.0, prot: 8400}\n", "listen.prot: unknown key"),
+        (MINIMAL + "bogus: 1\n", "bogus: unknown key"),
+        (MINIMAL + "tokens: {ttl_seconds: 901}\n", "tokens.ttl_seconds"),
+        (MINIMAL + "tokens: {ttl_seconds: '900'}\n", "tokens.ttl_seconds"),
+        (MINIMAL + "signing: {algorithm: HS256}\n", "signing.algorithm"),
+        (MINIMAL + "policy: {engine: cedar}\n", "policy.engine"),
+        ("listen: {port: 8400}\n", "issuer: Field required"),
+        ("issuer: http://chit.example.org\n", "issuer"),
+        ("issuer: https://chit.example.org/?x=1\n", "issuer"),
+        (MINIMAL + "trust_domain: Example.ORG/x\n", "trust_domain"),
+        (MINIMAL + "attestors:\n  kubernetes:\n    clusters:\n      - {name: prod, issuer: https://k8s, jwks_uri: http://10.0.0.1/jwks, audiences: [chit]}\n",
+         "attestors.kubernetes.clusters[0].jwks_uri: jwks_uri must be an https:// URL"),
+        (MINIMAL + "attestors:\n  kubernetes:\n    clusters:\n      - {name: prod, issuer: https://k8s, audiences: [chit]}\n",
+         "set exactly one of jwks_uri, jwks_file, discovery"),
+        (MINIMAL + "attestors:\n  kubernetes:\n    clusters:\n      - {name: prod, issuer: https://k8s, jwks_file: j, audiences: []}\n",
+         "attestors.kubernetes.clusters[0].audiences"),
+        (MINIMAL + "attestors:\n  kubernetes:\n    clusters:\n      - {name: Prod_1, issuer: https://k8s, jwks_file: j, audiences: [chit]}\n",
+         "attestors.kubernetes.clusters[0].name"),
+        (MINIMAL + "attestors:\n  kubernetes:\n    clusters:\n      - {name: a, issuer: https://k8s, jwks_file: j, audiences: [chit]}\n      - {name: a, issuer: https://k9s, jwks_file: j, audiences: [chit]}\n",
+         "cluster name must be unique"),
+        (MINIMAL + "attestors:\n  kubernetes:\n    clusters:\n      - {name: a, issuer: 'https://chit.example.org', jwks_file: j, audiences: [chit]}\n",
+         "chit's own issuer"),
+        (MINIMAL + "state: {backend: redis}\n", "backend redis needs redis_url"),
+        (MINIMAL + "dev: true\n", "dev: unknown key"),
+    ],
+    ids=["typo", "unknown-top", "ttl-over-900", "ttl-string", "hs256", "engine", "no-issuer", "http-issuer", "issuer-query",
+         "trust-domain", "jwks-http", "no-key-source", "no-audience", "cluster-name", "duplicate-cluster", "own-issuer", "redis-url", "dev-key"],
+)
+def test_invalid_config_names_the_key_and_the_file(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(path) in str(error.value)
+    assert key in str(error.value), str(error.value)
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="duplicate key 'issuer'"):
+        load_config(write(tmp_path, MINIMAL + "issuer: https://other.example.org\n"))
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the configuration"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_loopback_http_is_allowed_for_local_sources(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            "issuer: http://127.0.0.1:8400\nattestors:\n  kubernetes:\n    clusters:\n"
+            "      - {name: kind, issuer: https://kubernetes.default.svc, jwks_uri: 'http://localhost:6443/openid/v1/jwks', audiences: [chit]}\n",
+        )
+    )
+    assert config.attestors.kubernetes.clusters[0].jwks_uri == "http://localhost:6443/openid/v1/jwks"
+
+
+def run_chit(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        capture_output=True, text=True, timeout=60, cwd=cwd,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **(env or {})},
+    )
+
+
+def test_serve_with_a_bad_key_stops_with_the_message(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "listen: {prot: 1}\n")
+    result = run_chit("serve", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{path}: invalid configuration" in result.stderr and "listen.prot: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_from_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "issuer: https://chit.example.org\nsigning: {keys_dir: keys}\n")
+    result = run_chit("config", "check", cwd=tmp_path, env={"CHIT_CONFIG": str(path)})
+    assert result.returncode == 0, result.stderr
+    assert "configuration and policy OK" in result.stdout
+
+
+def test_no_config_at_all_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_chit("serve", cwd=tmp_path)
+    assert result.returncode == 2 and "no configuration" in result.stderr
