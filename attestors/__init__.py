@@ -68,8 +68,11 @@ class Attestation:
     replay_guard: ReplayGuard | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        # Read-only views; verifiers hand over dicts they no longer touch.
         for name in ("facts", "claims", "att"):
-            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+            value = getattr(self, name)
+            if not isinstance(value, MappingProxyType):
+                object.__setattr__(self, name, MappingProxyType(value))
 
     @property
     def region(self) -> str | None:

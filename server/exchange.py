@@ -7,7 +7,8 @@ audit entry records what was decided and why, never a token.
 
 from __future__ import annotations
 
-import datetime as dt
+import functools
+import itertools
 import logging
 import time
 import uuid
@@ -28,6 +29,26 @@ from server.token_request import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_AWS_CREDENT
 
 log = logging.getLogger("chit.exchange")
 
+# Decision ids: a random per-process prefix and a counter, in UUID form. Unique
+# across workers and replicas without a system call per request.
+_DECISION_PREFIX = uuid.uuid4().int >> 64 << 64
+_decision_counter = itertools.count()
+
+
+def new_decision_id() -> str:
+    return str(uuid.UUID(int=_DECISION_PREFIX | next(_decision_counter), version=4))
+
+
+@functools.lru_cache(maxsize=4)
+def _second_rfc3339(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+def audit_timestamp(now: float) -> str:
+    """RFC 3339 UTC with milliseconds, e.g. 2026-11-22T01:46:40.123Z."""
+    second = int(now)
+    return f"{_second_rfc3339(second)}.{int((now - second) * 1000):03d}Z"
+
 
 @dataclass
 class AuditEntry:
@@ -35,7 +56,7 @@ class AuditEntry:
 
     client: str | None
     started: float = field(default_factory=time.perf_counter)
-    decision_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    decision_id: str = field(default_factory=new_decision_id)
     outcome: str = "invalid"
     error: str | None = None
     subject: str | None = None
@@ -58,7 +79,7 @@ class AuditEntry:
 
     def record(self, now: float) -> dict[str, Any]:
         return {
-            "ts": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "ts": audit_timestamp(now),
             "decision_id": self.decision_id,
             "outcome": self.outcome,
             "error": self.error,
