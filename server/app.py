@@ -21,6 +21,7 @@ from server.errors import InvalidRequest, OAuthError, RequestTooLarge
 from server.exchange import AuditEntry, TokenExchange
 from server.keys import KeyStore, ensure_signing_key
 from server.policy import build_engine
+from server.state import StateStore, StateUnavailable, build_state_store
 from server.token_request import GRANT_TYPE_TOKEN_EXCHANGE, MAX_BODY_BYTES, parse_token_request
 
 log = logging.getLogger("chit.app")
@@ -64,7 +65,14 @@ def build_exchange(config: Config) -> TokenExchange:
     if config.attestors.kubernetes.clusters:
         jwt_verifiers.append(KubernetesVerifier(config.attestors.kubernetes, config.trust_domain))
     router = AttestorRouter(jwt_verifiers, [], own_issuer=config.issuer, is_own_kid=keys.is_own_kid)
-    return TokenExchange(config, keys, router, build_engine(config), AuditLog(config.audit.sink))
+    return TokenExchange(config, keys, router, build_engine(config), AuditLog(config.audit.sink), build_state_store(config))
+
+
+async def state_ready(state: StateStore) -> bool:
+    try:
+        return await state.ping()
+    except StateUnavailable:
+        return False
 
 
 def create_app(config: Config) -> Starlette:
@@ -112,6 +120,7 @@ def create_app(config: Config) -> Starlette:
         checks = {
             "signing_key": exchange.keys.signing_key(time.time()) is not None,
             "policy": await exchange.policy.ready(),
+            "state": await state_ready(exchange.state),
         }
         ready = all(checks.values())
         return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)

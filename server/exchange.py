@@ -25,6 +25,7 @@ from server.mint import TYP_ACCESS_TOKEN, TYP_JWT, mint_jwt
 from server.policy import PolicyEngine, PolicyUnavailable, parse_decision, policy_input
 from server.policy.decision import Decision, Grant, grant
 from server.policy.embedded import PolicyEvaluationError
+from server.state import StateStore
 from server.token_request import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_AWS_CREDENTIALS, TokenRequest
 
 log = logging.getLogger("chit.exchange")
@@ -107,12 +108,14 @@ class TokenExchange:
         attestors: AttestorRouter,
         policy: PolicyEngine,
         audit: AuditLog,
+        state: StateStore,
     ):
         self.config = config
         self.keys = keys
         self.attestors = attestors
         self.policy = policy
         self.audit = audit
+        self.state = state
 
     async def exchange(self, request: TokenRequest, entry: AuditEntry, now: float) -> dict[str, Any]:
         """Run one exchange; returns the RFC 8693 §2.2.1 response body or raises OAuthError."""
@@ -240,4 +243,5 @@ class TokenExchange:
     async def close(self) -> None:
         await self.attestors.close()
         await self.policy.close()
+        await self.state.close()
         self.audit.close()
