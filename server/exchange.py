@@ -22,9 +22,8 @@ from server.config import MAX_TOKEN_TTL, Config
 from server.errors import InvalidRequest, OAuthError, TemporarilyUnavailable
 from server.keys import KeyStore
 from server.mint import TYP_ACCESS_TOKEN, TYP_JWT, mint_jwt
-from server.policy import PolicyEngine, PolicyUnavailable, parse_decision, policy_input
+from server.policy import PolicyEngine, PolicyEvaluationError, PolicyUnavailable, parse_decision, policy_input
 from server.policy.decision import Decision, Grant, grant
-from server.policy.embedded import PolicyEvaluationError
 from server.state import StateStore
 from server.token_request import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_AWS_CREDENTIALS, TokenRequest
 

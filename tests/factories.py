@@ -225,7 +225,7 @@ class ChitServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.client = httpx.Client(base_url=self.url, timeout=10)
 
-    def start(self, timeout: float = 30) -> ChitServer:
+    def start(self, timeout: float = 30, ready_path: str = "/readyz") -> ChitServer:
         log = open(self.directory / "server.log", "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server", "serve", "--config", str(self.config_path), "--workers", str(self.workers)],
@@ -239,7 +239,7 @@ class ChitServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"chit exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if self.client.get("/readyz").status_code == 200:
+                if self.client.get(ready_path).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -304,3 +304,49 @@ def copy_policy(destination: Path, data: dict[str, Any] | None = None, rego: dic
     for name, source in (rego or {}).items():
         (destination / name).write_text(source)
     return destination
+
+
+# --- an OPA server stand-in ------------------------------------------------------------
+
+
+class OpaStandIn:
+    """tests/opa_standin.py in a subprocess: OPA's REST API over a policy directory."""
+
+    def __init__(self, policy_dir: Path, log_dir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = httpx.Client(base_url=self.url, timeout=10)
+        log = open(log_dir / "opa.log", "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.opa_standin", "--addr", f"127.0.0.1:{self.port}", str(policy_dir)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"OPA stand-in exited with {self.process.returncode}: {(log_dir / 'opa.log').read_text()}")
+            try:
+                if self.client.get("/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError("OPA stand-in not ready after 30 s")
+
+    def fault(self, **fault: Any) -> None:
+        """status/body (a fixed answer), delay (seconds), close (drop the connection), paths."""
+        self.client.put("/_standin/fault", json=fault).raise_for_status()
+
+    def reset(self) -> None:
+        self.client.delete("/_standin/fault").raise_for_status()
+
+    def requests(self) -> list[dict[str, Any]]:
+        return self.client.get("/_standin/requests").json()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.client.close()
