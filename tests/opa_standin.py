@@ -19,12 +19,14 @@ answer a fixed status and body, or drop the connection; `DELETE` clears it;
 `GET /_standin/requests` lists the inputs received.
 
 Run: python -m tests.opa_standin --addr 127.0.0.1:8181 policies/
+(one directory; `decision` needs a module of package chit there)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,7 +35,10 @@ from typing import Any
 
 import regopy
 
+from server.policy import PolicyEvaluationError
 from server.policy.bundle import load_policy_dir
+from server.policy.embedded import EmbeddedEngine
+from server.policy.opa import DECISION_PATH
 
 EVALUATION_ERROR = "error(s) occurred while evaluating query"
 
@@ -41,20 +46,27 @@ EVALUATION_ERROR = "error(s) occurred while evaluating query"
 class Policies:
     """Every module and data file of the directories, as `opa run` loads them (tests included)."""
 
-    def __init__(self, directories: list[Path]):
+    def __init__(self, directory: Path):
         self.modules: dict[str, str] = {}
         self.interpreter = regopy.Interpreter()
-        self.lock = threading.Lock()  # one rego-cpp interpreter: one evaluation at a time
-        for directory in directories:
-            bundle = load_policy_dir(directory, require_decision=False)
-            for name, source in bundle.modules.items():
-                module_id = f"{directory}/{name}"
-                self.modules[module_id] = source
-                self.interpreter.add_module(module_id, source)
-            self.interpreter.add_data_json(json.dumps(bundle.data))
+        self.lock = threading.Lock()  # rego-cpp interpreters: one evaluation at a time
+        bundle = load_policy_dir(directory, require_decision=False)
+        for name, source in bundle.modules.items():
+            module_id = f"{directory}/{name}"
+            self.modules[module_id] = source
+            self.interpreter.add_module(module_id, source)
+        self.interpreter.add_data_json(json.dumps(bundle.data))
+        # chit's decision path is answered by chit's embedded engine (compiled once, fast).
+        self.decisions = EmbeddedEngine(load_policy_dir(directory, include_tests=False))
 
     def evaluate(self, path: str, policy_input: Any) -> tuple[bool, Any]:
         """(ok, value): value None when undefined."""
+        if path.strip("/") == DECISION_PATH and policy_input is not None:
+            with self.lock:
+                try:
+                    return True, self.decisions.evaluate(policy_input)
+                except PolicyEvaluationError:
+                    return False, None
         reference = "data" + "".join(f".{part}" for part in path.strip("/").split("/") if part)
         with self.lock:
             self.interpreter.set_input(regopy.Input(policy_input if policy_input is not None else {}))
@@ -81,6 +93,11 @@ class StandIn(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     server: StandIn
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in two writes: without NODELAY every keep-alive answer waits ~40 ms for an ACK.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -162,10 +179,10 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--addr", default="127.0.0.1:8181")
-    parser.add_argument("paths", nargs="+", type=Path)
+    parser.add_argument("path", type=Path, help="a policy directory (OPA bundle layout)")
     args = parser.parse_args()
     host, port = args.addr.rsplit(":", 1)
-    server = StandIn((host, int(port)), Policies(args.paths))
+    server = StandIn((host, int(port)), Policies(args.path))
     server.serve_forever()
 
 
