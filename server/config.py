@@ -87,9 +87,15 @@ class Policy(_Section):
 
 
 class KubernetesApi(_Section):
-    server: str | None = None
+    server: str | None = None  # None: the cluster chit runs in (in-cluster configuration)
     ca_file: FilePath | None = None
     token_file: FilePath | None = None
+    timeout_ms: Annotated[int, Field(gt=0, le=60_000)] = 3000  # each TokenReview / pod GET, in total
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str | None) -> str | None:
+        return None if value is None else require_safe_url(value, "api.server")
 
 
 class Cluster(_Section):

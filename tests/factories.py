@@ -350,3 +350,149 @@ class OpaStandIn:
             self.process.terminate()
             self.process.wait(timeout=10)
         self.client.close()
+
+
+# --- a Kubernetes API server stand-in ----------------------------------------------------
+
+
+def pod_for(claims: dict[str, Any], images: list[tuple[str, str]] | None = None, phase: str = "Running") -> dict[str, Any]:
+    """The Pod a projected token's claims name, as the API serves it (core/v1).
+
+    `images` are (spec image, status imageID) per container, the first one the app container.
+    """
+    k8s = claims["kubernetes.io"]
+    images = images if images is not None else [("registry.example/agent:1.0", "registry.example/agent@sha256:" + "a" * 64)]
+    names = [f"c{i}" for i in range(len(images))]
+    return {
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": k8s["pod"]["name"],
+            "namespace": k8s["namespace"],
+            "uid": k8s["pod"]["uid"],
+            "resourceVersion": "4711",
+            "creationTimestamp": "2026-11-22T01:00:00Z",
+            "labels": {"app": "agent"},
+        },
+        "spec": {
+            "serviceAccountName": k8s["serviceaccount"]["name"],
+            "nodeName": k8s.get("node", {}).get("name", "node-1"),
+            "containers": [{"name": n, "image": image} for n, (image, _) in zip(names, images)],
+        },
+        "status": {
+            "phase": phase,
+            "podIP": "10.0.0.7",
+            "startTime": "2026-11-22T01:00:01Z",
+            "containerStatuses": [
+                {"name": n, "image": image, "imageID": image_id, "ready": True, "restartCount": 0, "started": True,
+                 "state": {"running": {"startedAt": "2026-11-22T01:00:02Z"}}, "containerID": f"containerd://{uuid.uuid4().hex}"}
+                for n, (image, image_id) in zip(names, images)
+            ],
+        },
+    }
+
+
+class KubernetesApiStandIn(DocumentServer):
+    """Answers TokenReview and Pod GET on 127.0.0.1 exactly in the Kubernetes API's JSON shapes.
+
+    TokenReview verifies the token with the issuer's public key and audiences,
+    as the API server's service-account authenticator does; `reviews[pod name]`
+    may rewrite the answer's status for negative tests. Pods come from `pods`.
+    Every request must carry `Authorization: Bearer <credential>` (chit's
+    token_file), else 401.
+    """
+
+    def __init__(self, issuer: ClusterIssuer, credential: str) -> None:
+        self.issuer = issuer
+        self.credential = credential
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.reviews: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+        self.requests: list[tuple[str, str, Any]] = []
+        super().__init__()
+        self.httpd.RequestHandlerClass = self._handler()
+
+    @staticmethod
+    def status(code: int, reason: str, message: str) -> dict[str, Any]:
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code}
+
+    def review(self, spec: dict[str, Any]) -> dict[str, Any]:
+        audiences = spec.get("audiences") or ["https://kubernetes.default.svc"]
+        try:
+            claims = jwt.decode(spec["token"], self.issuer.private_key.public_key(), algorithms=[self.issuer.algorithm], audience=audiences, issuer=self.issuer.issuer)
+        except jwt.PyJWTError as error:
+            return {"user": {}, "error": f"[invalid bearer token, {error}]"}
+        k8s = claims["kubernetes.io"]
+        status = {
+            "authenticated": True,
+            "user": {
+                "username": claims["sub"],
+                "uid": k8s["serviceaccount"]["uid"],
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{k8s['namespace']}", "system:authenticated"],
+                "extra": {
+                    "authentication.kubernetes.io/credential-id": [f"JTI={claims['jti']}"],
+                    "authentication.kubernetes.io/node-name": [k8s["node"]["name"]],
+                    "authentication.kubernetes.io/node-uid": [k8s["node"]["uid"]],
+                    "authentication.kubernetes.io/pod-name": [k8s["pod"]["name"]],
+                    "authentication.kubernetes.io/pod-uid": [k8s["pod"]["uid"]],
+                },
+            },
+            "audiences": [a for a in audiences if a in jwt_audiences(claims)],
+        }
+        rewrite = self.reviews.get(k8s["pod"]["name"])
+        return rewrite(status) if rewrite else status
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def answer(self, status: int, document: Any) -> None:
+                payload = json.dumps(document).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def handle_api(self, method: str) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                api.hits[self.path] = api.hits.get(self.path, 0) + 1
+                api.requests.append((method, self.path, json.loads(body) if body else None))
+                if self.path in api.delays:
+                    time.sleep(api.delays[self.path])
+                if self.path in api.failures:
+                    return self.answer(api.failures[self.path], api.status(api.failures[self.path], "InternalError", "stand-in failure"))
+                if self.headers.get("Authorization") != f"Bearer {api.credential}":
+                    return self.answer(401, api.status(401, "Unauthorized", "Unauthorized"))
+                if method == "POST" and self.path == "/apis/authentication.k8s.io/v1/tokenreviews":
+                    spec = json.loads(body)["spec"]
+                    return self.answer(201, {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                                             "metadata": {"creationTimestamp": None}, "spec": spec, "status": api.review(spec)})
+                parts = self.path.split("/")
+                if method == "GET" and len(parts) == 7 and parts[1:4] == ["api", "v1", "namespaces"] and parts[5] == "pods":
+                    pod = api.pods.get((parts[4], parts[6]))
+                    if pod is None:
+                        return self.answer(404, {**api.status(404, "NotFound", f'pods "{parts[6]}" not found'), "details": {"name": parts[6], "kind": "pods"}})
+                    return self.answer(200, pod)
+                return self.answer(404, api.status(404, "NotFound", "the server could not find the requested resource"))
+
+            def do_GET(self) -> None:  # noqa: N802
+                self.handle_api("GET")
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.handle_api("POST")
+
+        return Handler
+
+    def add_pod(self, token: str, **pod: Any) -> dict[str, Any]:
+        """Register the pod the token names (see pod_for); returns it for the test to alter."""
+        document = pod_for(jwt.decode(token, options={"verify_signature": False}), **pod)
+        self.pods[(document["metadata"]["namespace"], document["metadata"]["name"])] = document
+        return document
+
+
+def jwt_audiences(claims: dict[str, Any]) -> list[str]:
+    aud = claims.get("aud", [])
+    return [aud] if isinstance(aud, str) else list(aud)
