@@ -177,7 +177,8 @@ class Attestors(_Section):
 
 
 class ImageSignatures(_Section):
-    keys: dict[str, str] = {}
+    keys: dict[str, str] = {}  # name -> PEM public key (ECDSA P-256, cosign's)
+    timeout_ms: Annotated[int, Field(gt=0, le=60_000)] = 3000  # all of one exchange's registry lookups
 
 
 class Aws(_Section):

@@ -496,3 +496,118 @@ class KubernetesApiStandIn(DocumentServer):
 def jwt_audiences(claims: dict[str, Any]) -> list[str]:
     aud = claims.get("aud", [])
     return [aud] if isinstance(aud, str) else list(aud)
+
+
+# --- a real OCI registry (Debian's docker-registry) and cosign-format signatures -----------------
+
+
+def sha256_digest(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def pem_public_key(private_key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return private_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+class OciRegistry:
+    """`docker-registry serve` (distribution 2.8) on 127.0.0.1 with a temporary storage dir;
+    images and cosign signatures are pushed through the OCI distribution API."""
+
+    OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+    SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
+
+    def __init__(self, directory: Path):
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.host}"
+        config = {
+            "version": 0.1,
+            "log": {"level": "error", "fields": {"service": "registry"}},
+            "storage": {"filesystem": {"rootdirectory": str(directory / "storage")}, "delete": {"enabled": True}},
+            "http": {"addr": self.host, "secret": uuid.uuid4().hex},
+        }
+        (directory / "registry.yml").write_text(yaml.safe_dump(config))
+        binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+        self.process = subprocess.Popen([binary, "serve", str(directory / "registry.yml")], stdout=open(directory / "registry.log", "ab"), stderr=subprocess.STDOUT)
+        self.client = httpx.Client(base_url=self.url, timeout=10)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"docker-registry exited: {(directory / 'registry.log').read_text()}")
+            try:
+                if self.client.get("/v2/").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError("docker-registry not ready after 30 s")
+
+    def push_blob(self, repository: str, data: bytes) -> dict[str, Any]:
+        digest = sha256_digest(data)
+        started = self.client.post(f"/v2/{repository}/blobs/uploads/")
+        assert started.status_code == 202, started.text
+        location = started.headers["Location"]
+        # The Location keeps the upload's state in its query: append the digest to it.
+        done = self.client.put(f"{location}{'&' if '?' in location else '?'}digest={digest}", content=data, headers={"Content-Type": "application/octet-stream"})
+        assert done.status_code == 201, done.text
+        return {"digest": digest, "size": len(data)}
+
+    def push_manifest(self, repository: str, tag: str, manifest: dict[str, Any]) -> str:
+        body = json.dumps(manifest).encode()
+        response = self.client.put(f"/v2/{repository}/manifests/{tag}", content=body, headers={"Content-Type": self.OCI_MANIFEST})
+        assert response.status_code == 201, response.text
+        assert response.headers["Docker-Content-Digest"] == sha256_digest(body)
+        return sha256_digest(body)
+
+    def push_image(self, repository: str, tag: str = "1.0") -> tuple[str, str]:
+        """A small image (config + one layer, unique content); returns (ref by digest, digest)."""
+        config = self.push_blob(repository, json.dumps({"architecture": "amd64", "os": "linux", "nonce": uuid.uuid4().hex}).encode())
+        layer = self.push_blob(repository, os.urandom(256))
+        digest = self.push_manifest(repository, tag, {
+            "schemaVersion": 2,
+            "mediaType": self.OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}],
+        })
+        return f"{self.host}/{repository}@{digest}", digest
+
+    def sign(self, repository: str, digest: str, *signers: Any, payload_digest: str | None = None, tamper: bool = False) -> None:
+        """Push cosign's signature manifest (tag sha256-<hex>.sig): one simple-signing layer per signer key.
+
+        `payload_digest` names another image in the payload; `tamper` changes the payload after signing.
+        """
+        import base64 as b64
+
+        from cryptography.hazmat.primitives import hashes
+
+        layers = []
+        for key in signers:
+            payload = json.dumps({
+                "critical": {
+                    "identity": {"docker-reference": f"{self.host}/{repository}"},
+                    "image": {"docker-manifest-digest": payload_digest or digest},
+                    "type": "cosign container image signature",
+                },
+                "optional": None,
+            }, separators=(",", ":")).encode()
+            signature = key.sign(payload, ec.ECDSA(hashes.SHA256()))
+            if tamper:
+                payload = payload.replace(b'"optional":null', b'"optional":{"creator":"mallory"}')
+            blob = self.push_blob(repository, payload)
+            layers.append({"mediaType": self.SIMPLE_SIGNING, **blob, "annotations": {"dev.cosignproject.cosign/signature": b64.b64encode(signature).decode()}})
+        config = self.push_blob(repository, b"{}")
+        self.push_manifest(repository, digest.replace(":", "-") + ".sig", {
+            "schemaVersion": 2,
+            "mediaType": self.OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+            "layers": layers,
+        })
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.client.close()
