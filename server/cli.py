@@ -265,7 +265,8 @@ def cmd_config_check(args: argparse.Namespace) -> None:
         build_engine(config)
     except PolicyLoadError as error:
         fail(str(error), 1)
-    print(f"{args.config or os.environ.get(CONFIG_ENV)}: configuration and policy OK")
+    policy = "policy OK" if config.policy.engine == "embedded" else f"policy served by OPA at {config.policy.opa_url}"
+    print(f"{args.config or os.environ.get(CONFIG_ENV)}: configuration and {policy}")
 
 
 # --- parser ------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ class TokenExchange:
         self.policy = policy
         self.audit = audit
         self.state = state
-        self.signatures = signatures or ImageSignatures({}, 0.001)
+        self.signatures = signatures or ImageSignatures({})
 
     async def exchange(self, request: TokenRequest, entry: AuditEntry, now: float) -> dict[str, Any]:
         """Run one exchange; returns the RFC 8693 §2.2.1 response body or raises OAuthError."""

@@ -41,6 +41,7 @@ SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 COSIGN_TYPE = "cosign container image signature"
 CACHE_SECONDS = 300.0
 CACHE_ENTRIES = 10_000
+TIMEOUT = 3.0
 MAX_SIGNATURES = 16  # layers looked at per signature manifest
 
 
@@ -63,7 +64,7 @@ def signature_tag(digest: str) -> str:
 
 
 class ImageSignatures:
-    def __init__(self, keys: Mapping[str, str], timeout: float):
+    def __init__(self, keys: Mapping[str, str], timeout: float = TIMEOUT):
         """`timeout`: seconds for all of one exchange's lookups together."""
         self.keys = load_keys(keys)
         self.timeout = timeout
