@@ -5,17 +5,26 @@ manifests" and "Pulling blobs"). Every fetch is bounded in time and size; a
 blob is accepted only if its bytes hash to the digest it was asked for, so a
 registry cannot substitute content. Registries are reached over HTTPS, plain
 HTTP only on this machine (the tests' registry), like every other fetch in chit.
+
+Registries that answer 401 with a `Bearer realm=…,service=…,scope=…`
+challenge (Docker Hub, ghcr.io, distribution's token auth) get the anonymous
+token flow of the Docker token authentication spec: an unauthenticated GET
+of the realm for that service and scope, and one retry with the token. chit
+has no registry credentials: images a registry serves only to logged-in
+clients count as unsigned.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import time
 from dataclasses import dataclass
 
 import httpx
 
-from server.config import is_loopback_host
+from server.config import is_loopback_host, require_safe_url
 
 MANIFEST_TYPES = ", ".join(
     [
@@ -26,6 +35,8 @@ MANIFEST_TYPES = ", ".join(
 DEFAULT_REGISTRY = "registry-1.docker.io"  # Docker Hub's API host for references without a registry
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _REPOSITORY = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+_CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)="([^"]*)"')
+TOKEN_SECONDS = 60  # an anonymous token is reused this long at most (or its expires_in, if shorter)
 _REGISTRY = re.compile(r"(?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]+(?::[0-9]{1,5})?|\[[0-9a-fA-F:]+\](?::[0-9]{1,5})?")
 
 
@@ -79,23 +90,63 @@ class RegistryClient:
             trust_env=False,
             headers={"User-Agent": "chit"},
         )
+        self._tokens: dict[str, tuple[float, str]] = {}  # challenge -> (expires, anonymous token)
+
+    async def _fetch(self, url: str, headers: dict[str, str]) -> tuple[httpx.Response, bytes]:
+        try:
+            async with self._client.stream("GET", url, headers=headers) as response:
+                body = bytearray()
+                if response.status_code == 200:
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > self.max_bytes:
+                            raise RegistryError(f"{url}: more than {self.max_bytes} bytes")
+                return response, bytes(body)
+        except httpx.HTTPError as error:
+            raise RegistryError(f"{url}: {type(error).__name__}") from None
+
+    async def _anonymous_token(self, challenge: str) -> str:
+        """The Docker token flow without credentials, for a `Bearer realm=…` challenge."""
+        cached = self._tokens.get(challenge)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        scheme, _, parameters = challenge.partition(" ")
+        values = dict(_CHALLENGE_PARAM.findall(parameters))
+        if scheme.lower() != "bearer" or "realm" not in values:
+            raise RegistryError("the registry requires credentials")
+        try:
+            realm = require_safe_url(values["realm"], "token realm")
+        except ValueError as error:
+            raise RegistryError(str(error)) from None
+        query = {k: values[k] for k in ("service", "scope") if k in values}
+        response, body = await self._fetch(str(httpx.URL(realm, params=query)), {"Accept": "application/json"})
+        if response.status_code != 200:
+            raise RegistryError(f"token realm {realm}: HTTP {response.status_code}")
+        try:
+            document = json.loads(body)
+            token = document.get("token") or document.get("access_token")
+            lifetime = min(float(document.get("expires_in", TOKEN_SECONDS)), TOKEN_SECONDS)
+        except (ValueError, AttributeError, TypeError):
+            raise RegistryError(f"token realm {realm}: not a token response") from None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"token realm {realm}: no token")
+        if len(self._tokens) >= 1000:
+            self._tokens.clear()
+        self._tokens[challenge] = (time.monotonic() + lifetime, token)
+        return token
 
     async def _get(self, url: str, accept: str) -> bytes | None:
         """The body, None on 404; RegistryError on anything else that is not 200."""
-        try:
-            async with self._client.stream("GET", url, headers={"Accept": accept}) as response:
-                if response.status_code == 404:
-                    return None
-                if response.status_code != 200:
-                    raise RegistryError(f"{url}: HTTP {response.status_code}")
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > self.max_bytes:
-                        raise RegistryError(f"{url}: more than {self.max_bytes} bytes")
-                return bytes(body)
-        except httpx.HTTPError as error:
-            raise RegistryError(f"{url}: {type(error).__name__}") from None
+        response, body = await self._fetch(url, {"Accept": accept})
+        challenge = response.headers.get("WWW-Authenticate")
+        if response.status_code == 401 and challenge:
+            token = await self._anonymous_token(challenge)
+            response, body = await self._fetch(url, {"Accept": accept, "Authorization": f"Bearer {token}"})
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise RegistryError(f"{url}: HTTP {response.status_code}")
+        return body
 
     async def manifest(self, repository: Repository, reference: str) -> bytes | None:
         """The manifest a tag (or digest) names; None when there is none."""

@@ -520,20 +520,22 @@ class OciRegistry:
     OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
     SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, token_service: RegistryTokenService | None = None):
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
-        config = {
+        config: dict[str, Any] = {
             "version": 0.1,
             "log": {"level": "error", "fields": {"service": "registry"}},
             "storage": {"filesystem": {"rootdirectory": str(directory / "storage")}, "delete": {"enabled": True}},
             "http": {"addr": self.host, "secret": uuid.uuid4().hex},
         }
+        if token_service is not None:
+            config["auth"] = {"token": token_service.registry_config(directory)}
         (directory / "registry.yml").write_text(yaml.safe_dump(config))
         binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
         self.process = subprocess.Popen([binary, "serve", str(directory / "registry.yml")], stdout=open(directory / "registry.log", "ab"), stderr=subprocess.STDOUT)
-        self.client = httpx.Client(base_url=self.url, timeout=10)
+        self.client = httpx.Client(base_url=self.url, timeout=10, auth=token_service.auth() if token_service else None)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.process.poll() is not None:
@@ -611,3 +613,101 @@ class OciRegistry:
             self.process.terminate()
             self.process.wait(timeout=10)
         self.client.close()
+
+
+class RegistryTokenService:
+    """The token server of distribution's token auth (the Docker token authentication spec):
+    GET /token?service=…&scope=… answers {"token"}: an ES256 JWT whose x5c header carries a
+    self-signed certificate the registry trusts (its rootcertbundle), granting what is asked.
+    `requests` records each query and whether it carried credentials."""
+
+    SERVICE = "chit-test-registry"
+    ISSUER = "chit-test-token-issuer"
+
+    def __init__(self) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.x509.oid import NameOID
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chit test token issuer")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.certificate = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.pem = self.certificate.public_bytes(serialization.Encoding.PEM)
+        self.requests: list[dict[str, Any]] = []
+        self.available = True
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                from urllib.parse import parse_qs, urlsplit
+
+                query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                service.requests.append({**query, "authorization": self.headers.get("Authorization")})
+                if not service.available:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                payload = json.dumps({"token": service.token(query.get("scope", "")), "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def token(self, scope: str) -> str:
+        access = []
+        for item in scope.split(" "):
+            parts = item.split(":")
+            if len(parts) == 3:
+                access.append({"type": parts[0], "name": parts[1], "actions": parts[2].split(",")})
+        now = int(time.time())
+        claims = {"iss": self.ISSUER, "sub": "", "aud": self.SERVICE, "exp": now + 300, "nbf": now - 10, "iat": now,
+                  "jti": uuid.uuid4().hex, "access": access}
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        x5c = base64.b64encode(self.certificate.public_bytes(Encoding.DER)).decode()
+        return jwt.encode(claims, self.key, algorithm="ES256", headers={"x5c": [x5c]})
+
+    def registry_config(self, directory: Path) -> dict[str, Any]:
+        (directory / "token-ca.pem").write_bytes(self.pem)
+        return {"realm": self.realm, "service": self.SERVICE, "issuer": self.ISSUER, "rootcertbundle": str(directory / "token-ca.pem")}
+
+    def auth(self) -> httpx.Auth:
+        """For the tests' own pushes: answer the registry's Bearer challenge with a token."""
+        realm = self.realm
+
+        class ChallengeAuth(httpx.Auth):
+            def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+                response = yield request
+                challenge = response.headers.get("WWW-Authenticate", "")
+                if response.status_code == 401 and challenge.startswith("Bearer "):
+                    import re
+
+                    values = dict(re.findall(r'([A-Za-z_]+)="([^"]*)"', challenge))
+                    token = httpx.get(realm, params={k: values[k] for k in ("service", "scope") if k in values}).json()["token"]
+                    request.headers["Authorization"] = f"Bearer {token}"
+                    yield request
+
+        return ChallengeAuth()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

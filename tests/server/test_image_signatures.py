@@ -23,6 +23,7 @@ from tests.factories import (
     DocumentServer,
     KubernetesApiStandIn,
     OciRegistry,
+    RegistryTokenService,
     assert_issued,
     assert_refused,
     copy_policy,
@@ -177,6 +178,25 @@ def test_slow_registry_is_cut_off(tmp_path: Path) -> None:
         started = time.monotonic()
         assert describe(ImageSignatures(KEYS, 0.5), ref)[0]["signed"] is False
         assert time.monotonic() - started < 3
+
+
+def test_registry_with_token_auth_is_read_with_an_anonymous_pull_token(tmp_path: Path) -> None:
+    """Docker Hub and ghcr.io answer 401 with a Bearer challenge even for public images."""
+    tokens = RegistryTokenService()
+    registry = OciRegistry(tmp_path, tokens)
+    try:
+        signed, unsigned = new_image(registry, RELEASE), new_image(registry)
+        tokens.requests.clear()
+        verdicts = describe(ImageSignatures(KEYS, 5), signed, unsigned)
+        assert [(v["signed"], v["signers"]) for v in verdicts] == [(True, ["release"]), (False, [])]
+        # chit asked for pull access only, without credentials, once per repository.
+        assert sorted(r["scope"] for r in tokens.requests) == sorted(f"repository:{ref.split('/', 1)[1].split('@')[0]}:pull" for ref in (signed, unsigned))
+        assert {r["authorization"] for r in tokens.requests} == {None}
+        tokens.available = False  # no token, no signature: unsigned
+        assert describe(ImageSignatures(KEYS, 5), signed)[0]["signed"] is False
+    finally:
+        registry.stop()
+        tokens.stop()
 
 
 def test_no_keys_means_no_registry_traffic(registry: OciRegistry) -> None:
