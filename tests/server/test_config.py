@@ -122,6 +122,14 @@ def test_serve_with_a_bad_key_stops_with_the_message(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_single_use_with_per_process_state_refuses_several_workers(tmp_path: Path) -> None:
+    """With the memory backend each worker remembers only its own exchanges."""
+    path = write(tmp_path, MINIMAL + "signing: {keys_dir: keys}\nattestors: {gcp: {single_use: true}}\n")
+    result = run_chit("serve", "--config", str(path), "--workers", "2", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "single_use needs state every worker shares" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_config_from_the_environment(tmp_path: Path) -> None:
     path = write(tmp_path, "issuer: https://chit.example.org\nsigning: {keys_dir: keys}\n")
     result = run_chit("config", "check", cwd=tmp_path, env={"CHIT_CONFIG": str(path)})
