@@ -195,6 +195,9 @@ def _integer(claims: Mapping[str, Any], name: str, where: str) -> int:
 
 def service_account(claims: Mapping[str, Any]) -> tuple[str, str]:
     """The service account the token speaks for: (email, sub)."""
+    if "email" not in claims:
+        # The metadata server's format=standard tokens name no account at all.
+        raise InvalidEvidence("claim email missing: request the token with format=full")
     email_address = _string(claims, "email", _SERVICE_ACCOUNT_EMAIL)
     if claims.get("email_verified") is not True:
         raise InvalidEvidence("claim email_verified is not true")

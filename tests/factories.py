@@ -215,7 +215,9 @@ class GoogleSigner:
         if format == "full":
             claims.update(email=self.email, email_verified=True, google={"compute_engine": self.instance(**(instance or {}))})
         elif format == "standard":
-            # Standard tokens carry no instance; chit still needs the service account.
+            # A Google ID token of the service account without instance claims (as
+            # generateIdToken issues them); the metadata server's own format=standard
+            # also leaves out the email, and chit refuses it.
             claims.update(email=self.email, email_verified=True)
         return _apply(claims, overrides)
 

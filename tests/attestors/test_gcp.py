@@ -221,6 +221,12 @@ def test_standard_token_is_the_service_account_when_allowed(servers: dict[str, C
     assert issued_audit(echo, body)["region"] is None
 
 
+def test_metadata_server_standard_token_names_no_account_and_is_refused(servers: dict[str, ChitServer], google: GoogleSigner) -> None:
+    """format=standard from the metadata server: aud, azp, exp, iat, iss, sub only."""
+    token = google.token("standard", email=DROP, email_verified=DROP)
+    assert "format=full" in assert_refused(servers["echo"].exchange(token))["error_description"]
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
