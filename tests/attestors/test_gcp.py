@@ -16,8 +16,8 @@ from typing import Iterator
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from tests.factories import (
     DROP,
@@ -379,9 +379,6 @@ def test_key_carrying_headers_are_refused_even_when_signed(chit_gcp: ChitServer,
 
 
 def test_duplicate_claims_are_refused_even_when_google_signed(chit_gcp: ChitServer, google: GoogleSigner) -> None:
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
-
     header = b64url(json.dumps({"alg": "RS256", "kid": google.kid}).encode())
     text = json.dumps(google.claims()).replace('"project_id": "payments-prod"', '"project_id": "payments-prod", "project_id": "payments-dev"')
     signing_input = f"{header}.{b64url(text.encode())}"
