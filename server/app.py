@@ -13,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from attestors import JwtVerifier
+from attestors.gcp import GcpVerifier
 from attestors.kubernetes import KubernetesVerifier
 from attestors.routing import AttestorRouter
 from server.audit import AuditLog
@@ -62,14 +64,15 @@ def build_exchange(config: Config) -> TokenExchange:
     """Everything an exchange needs, built once; raises on any unusable configuration."""
     ensure_signing_key(config.signing.keys_dir, config.signing.algorithm)
     keys = KeyStore(config.signing.keys_dir)
-    jwt_verifiers = []
+    state = build_state_store(config)
+    jwt_verifiers: list[JwtVerifier] = []
     if config.attestors.kubernetes.clusters:
         jwt_verifiers.append(KubernetesVerifier(config.attestors.kubernetes, config.trust_domain))
+    if config.attestors.gcp.enabled:
+        jwt_verifiers.append(GcpVerifier(config.attestors.gcp, trust_domain=config.trust_domain, issuer=config.issuer, state=state))
     router = AttestorRouter(jwt_verifiers, [], own_issuer=config.issuer, is_own_kid=keys.is_own_kid)
     signatures = ImageSignatures(config.image_signatures.keys, config.image_signatures.timeout_ms / 1000)
-    return TokenExchange(
-        config, keys, router, build_engine(config), AuditLog(config.audit.sink), build_state_store(config), signatures
-    )
+    return TokenExchange(config, keys, router, build_engine(config), AuditLog(config.audit.sink), state, signatures)
 
 
 async def state_ready(state: StateStore) -> bool:
