@@ -17,7 +17,6 @@ read, and in total), never retried.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +31,6 @@ from kubernetes.config.incluster_config import InClusterConfigLoader
 
 from attestors import ContainerImage, EvidenceUnavailable, InvalidEvidence
 from server.config import Cluster
-
-log = logging.getLogger("chit.kubernetes")
 
 # Where Kubernetes mounts a pod's own API credentials (chit's, when it runs in the cluster).
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
