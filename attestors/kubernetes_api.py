@@ -28,9 +28,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.incluster_config import InClusterConfigLoader
+from kubernetes.config.kube_config import load_kube_config
 
 from attestors import ContainerImage, EvidenceUnavailable, InvalidEvidence
-from server.config import Cluster
+from server.config import Cluster, require_safe_url
 
 # Where Kubernetes mounts a pod's own API credentials (chit's, when it runs in the cluster).
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -64,10 +65,20 @@ class _BearerTokenFile:
 
 
 def api_configuration(cluster: Cluster) -> client.Configuration:
-    """The client configuration: `api.server/ca_file/token_file`, in-cluster defaults for null."""
+    """The client configuration: `api.kubeconfig`, or `api.server/ca_file/token_file` with
+    in-cluster defaults for null."""
     api = cluster.api
     configuration = client.Configuration()
-    if api.server is None:
+    if api.kubeconfig is not None:
+        try:
+            load_kube_config(config_file=str(api.kubeconfig), client_configuration=configuration, persist_config=False)
+        except (ConfigException, OSError, ValueError) as error:
+            raise ValueError(f"cluster {cluster.name}: api.kubeconfig {api.kubeconfig} cannot be used: {error}") from None
+        try:
+            require_safe_url(configuration.host or "", "the server of api.kubeconfig")
+        except ValueError as error:
+            raise ValueError(f"cluster {cluster.name}: {error}") from None
+    elif api.server is None:
         try:
             InClusterConfigLoader(str(api.token_file or IN_CLUSTER_TOKEN), str(api.ca_file or IN_CLUSTER_CA)).load_and_set(configuration)
         except ConfigException as error:

@@ -5,6 +5,7 @@ every container image of that pod reaches the policy."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import uuid
@@ -290,6 +291,29 @@ def test_token_review_alone_reports_no_images(tmp_path: Path, documents: Documen
         server.stop()
 
 
+def test_api_from_a_kubeconfig(tmp_path: Path, documents: DocumentServer, api: KubernetesApiStandIn, opa: OpaStandIn, issuer: ClusterIssuer) -> None:
+    """`api.kubeconfig`: server and credential from a kubeconfig's current context."""
+    kubeconfig = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "chit",
+        "clusters": [{"name": "apicheck", "cluster": {"server": api.url("")}}],
+        "users": [{"name": "chit", "user": {"token": CREDENTIAL}}],
+        "contexts": [{"name": "chit", "context": {"cluster": "apicheck", "user": "chit"}}],
+    }
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+    entry = cluster(documents, api.url(""), tmp_path, token_review=True, pod_lookup=True)
+    entry["api"] = {"kubeconfig": "kubeconfig", "timeout_ms": 1000}  # relative to the config file
+    server = ChitServer(tmp_path / "chit", {"policy": {"engine": "opa", "opa_url": opa.url}, "attestors": {"kubernetes": {"clusters": [entry]}}})
+    shutil.copy(tmp_path / "kubeconfig", tmp_path / "chit" / "kubeconfig")
+    server.start()
+    try:
+        token = pod_token(issuer)
+        api.add_pod(token)
+        assert_issued(server.exchange(token))
+        assert [r[0] for r in api.requests] == ["POST", "GET"]
+    finally:
+        server.stop()
+
+
 def test_no_api_server_outside_a_cluster_stops_the_start(tmp_path: Path) -> None:
     config = {
         "issuer": "http://127.0.0.1:1",
@@ -311,4 +335,7 @@ def test_api_server_must_be_https_off_loopback(tmp_path: Path) -> None:
     document = {"issuer": "http://127.0.0.1:1", "attestors": {"kubernetes": {"clusters": [
         {"name": "c", "issuer": ISSUER, "jwks_file": "j", "audiences": ["chit"], "api": {"server": "http://10.0.0.1:6443"}}]}}}
     with pytest.raises(ConfigError, match="api.server must be an https:// URL"):
+        parse_config(document, "chit.yaml", tmp_path)
+    document["attestors"]["kubernetes"]["clusters"][0]["api"] = {"server": "https://10.0.0.1:6443", "kubeconfig": "kubeconfig"}
+    with pytest.raises(ConfigError, match="either kubeconfig or server"):
         parse_config(document, "chit.yaml", tmp_path)
