@@ -423,6 +423,21 @@ def copy_policy(destination: Path, data: dict[str, Any] | None = None, rego: dic
 # --- an OPA server stand-in ------------------------------------------------------------
 
 
+def wait_for_http(client: httpx.Client, path: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    """Until `path` answers 200; fails with the process's log if it exits or never gets there."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            if client.get(path).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{process.args[0]} not ready after {timeout} s:\n{log.read_text(errors='replace')}")
+
+
 class OpaStandIn:
     """tests/opa_standin.py in a subprocess: OPA's REST API over a policy directory."""
 
@@ -438,16 +453,7 @@ class OpaStandIn:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"OPA stand-in exited with {self.process.returncode}: {(log_dir / 'opa.log').read_text()}")
-            try:
-                if self.client.get("/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError("OPA stand-in not ready after 30 s")
+        wait_for_http(self.client, "/health", self.process, log_dir / "opa.log")
 
     def fault(self, **fault: Any) -> None:
         """status/body (a fixed answer), delay (seconds), close (drop the connection), paths."""
@@ -650,16 +656,7 @@ class OciRegistry:
         binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
         self.process = subprocess.Popen([binary, "serve", str(directory / "registry.yml")], stdout=open(directory / "registry.log", "ab"), stderr=subprocess.STDOUT)
         self.client = httpx.Client(base_url=self.url, timeout=10, auth=token_service.auth() if token_service else None)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"docker-registry exited: {(directory / 'registry.log').read_text()}")
-            try:
-                if self.client.get("/v2/").status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError("docker-registry not ready after 30 s")
+        wait_for_http(self.client, "/v2/", self.process, directory / "registry.log")
 
     def push_blob(self, repository: str, data: bytes) -> dict[str, Any]:
         digest = sha256_digest(data)

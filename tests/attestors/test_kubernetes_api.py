@@ -216,7 +216,7 @@ def test_token_review_mismatch_is_refused(chit: ChitServer, api: KubernetesApiSt
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda pod: None, "does not exist"),
+        (None, "does not exist"),
         (lambda pod: pod["metadata"].update(uid=str(uuid.uuid4())), "UID"),
         (lambda pod: pod["status"].update(phase="Pending"), "not running"),
         (lambda pod: pod["status"].update(phase="Succeeded"), "not running"),
@@ -228,8 +228,10 @@ def test_token_review_mismatch_is_refused(chit: ChitServer, api: KubernetesApiSt
 def test_pod_mismatch_is_refused(chit: ChitServer, api: KubernetesApiStandIn, issuer: ClusterIssuer, change, message: str) -> None:
     token = pod_token(issuer)
     pod = api.add_pod(token)
-    if change(pod) is None and message == "does not exist":
+    if change is None:
         api.pods.pop((pod["metadata"]["namespace"], pod["metadata"]["name"]))
+    else:
+        change(pod)
     body = assert_refused(chit.exchange(token))
     assert message in body["error_description"]
     assert chit.audit_for(body["decision_id"])["outcome"] == "invalid"
