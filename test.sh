@@ -10,6 +10,7 @@ packages=()
 missing() { ! command -v "$1" >/dev/null 2>&1; }
 python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || packages+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
+missing docker-registry && packages+=(docker-registry)   # the OCI registry the image-signature tests push to
 missing kubectl && packages+=(kubernetes-client)   # renders deploy/ with kubectl kustomize
 
 if ((${#packages[@]})); then

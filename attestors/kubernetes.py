@@ -3,11 +3,14 @@
 Server side: a token is routed by its `iss` to exactly one configured cluster,
 whose keys alone may verify it. Only pod-bound projected tokens are evidence
 (the `kubernetes.io` claim names the pod); legacy secret-based tokens never
-expire and are refused.
+expire and are refused. A cluster may also have its API server vouch for each
+token (`token_review`) and for the pod (`pod_lookup`, which also reports the
+pod's container images); clusters that enable neither cost nothing extra.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -15,6 +18,7 @@ from typing import Any, Mapping
 from attestors import Attestation, InvalidEvidence, JwtVerifier
 from attestors.jose import CompactJws, audiences, check_validity_window, verify_signature
 from attestors.jwks import FileKeySource, KeySource, RemoteKeySource, http_client
+from attestors.kubernetes_api import ClusterApi
 from server.config import Cluster, KubernetesAttestor
 
 KIND = "kubernetes"
@@ -76,6 +80,7 @@ class ClusterTrust:
         self.issuer = config.issuer
         self.audiences = frozenset(config.audiences)
         self.keys = keys
+        self.api = ClusterApi(config) if config.token_review or config.pod_lookup else None
 
 
 def key_source(cluster: Cluster) -> KeySource:
@@ -97,6 +102,8 @@ class KubernetesVerifier(JwtVerifier):
         self.trust_domain = trust_domain
         self.max_lifetime = config.max_token_lifetime_seconds
         self.clusters = {c.issuer: ClusterTrust(c, key_source(c)) for c in config.clusters}
+        # Only clusters with pod_lookup enrich an attestation; for the others enrich() is a dict miss.
+        self.pod_lookups = {c.name: c for c in self.clusters.values() if c.config.pod_lookup}
 
     @property
     def issuers(self) -> frozenset[str]:
@@ -111,6 +118,9 @@ class KubernetesVerifier(JwtVerifier):
         if not cluster.audiences.intersection(audiences(claims)):
             raise InvalidEvidence("audience not accepted for this cluster")
         pod = pod_identity(claims)
+        if cluster.config.token_review:
+            assert cluster.api is not None
+            await cluster.api.review(jws.raw, subject=claims["sub"], pod_name=pod.pod_name, pod_uid=pod.pod_uid)
         subject = (
             f"spiffe://{self.trust_domain}/k8s/{cluster.name}/ns/{pod.namespace}/sa/{pod.service_account}"
         )
@@ -139,7 +149,19 @@ class KubernetesVerifier(JwtVerifier):
             expires_at=expires_at,
         )
 
+    async def enrich(self, attestation: Attestation) -> Attestation:
+        """pod_lookup: the pod must exist, be the token's and run; its images go to input.images."""
+        cluster = self.pod_lookups.get(attestation.facts["cluster"])
+        if cluster is None:
+            return attestation
+        assert cluster.api is not None
+        facts = attestation.facts
+        images = await cluster.api.pod_images(facts["namespace"], facts["pod"]["name"], facts["pod"]["uid"], facts["service_account"])
+        return dataclasses.replace(attestation, images=images)
+
     async def close(self) -> None:
         for cluster in self.clusters.values():
             await cluster.keys.close()
+            if cluster.api is not None:
+                await cluster.api.close()
 

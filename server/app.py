@@ -23,6 +23,7 @@ from server.errors import InvalidRequest, OAuthError, RequestTooLarge
 from server.exchange import AuditEntry, TokenExchange
 from server.keys import KeyStore, ensure_signing_key
 from server.policy import build_engine
+from server.signatures import ImageSignatures
 from server.state import StateStore, StateUnavailable, build_state_store
 from server.token_request import GRANT_TYPE_TOKEN_EXCHANGE, MAX_BODY_BYTES, parse_token_request
 
@@ -70,7 +71,8 @@ def build_exchange(config: Config) -> TokenExchange:
     if config.attestors.gcp.enabled:
         jwt_verifiers.append(GcpVerifier(config.attestors.gcp, trust_domain=config.trust_domain, issuer=config.issuer, state=state))
     router = AttestorRouter(jwt_verifiers, [], own_issuer=config.issuer, is_own_kid=keys.is_own_kid)
-    return TokenExchange(config, keys, router, build_engine(config), AuditLog(config.audit.sink), state)
+    signatures = ImageSignatures(config.image_signatures.keys, config.image_signatures.timeout_ms / 1000)
+    return TokenExchange(config, keys, router, build_engine(config), AuditLog(config.audit.sink), state, signatures)
 
 
 async def state_ready(state: StateStore) -> bool:

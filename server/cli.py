@@ -183,17 +183,43 @@ def _policy_dir(args: argparse.Namespace) -> Path:
     return shipped_policy_dir()
 
 
-def cmd_policy_test(args: argparse.Namespace) -> None:
-    from server.policy.bundle import PolicyLoadError
-    from server.policy.testing import run_tests
+def _policy_queries(args: argparse.Namespace, *, for_tests: bool):
+    """The engine `policy test`/`policy eval` ask: --engine, else the configured one, else embedded."""
+    from server.policy.testing import EmbeddedQueries, OpaQueries
 
-    directory = _policy_dir(args)
+    config = config_from_args(args) if (getattr(args, "config", None) or os.environ.get(CONFIG_ENV)) else None
+    engine = args.engine or (config.policy.engine if config else "embedded")
+    if engine == "opa":
+        return OpaQueries(args.opa_url or (config.policy.opa_url if config else "http://127.0.0.1:8181"))
+    return EmbeddedQueries(_policy_dir(args), require_decision=not for_tests)
+
+
+async def _policy_test(args: argparse.Namespace) -> list:
+    from server.policy.testing import OpaQueries, require_same_modules, run_tests
+
+    queries = _policy_queries(args, for_tests=True)
     try:
-        results = run_tests(directory)
-    except PolicyLoadError as error:
+        if isinstance(queries, OpaQueries):
+            await queries.load()
+            if getattr(args, "dir", None):
+                require_same_modules(Path(args.dir), queries)
+        return await run_tests(queries, embedded=not isinstance(queries, OpaQueries))
+    finally:
+        await queries.close()
+
+
+def cmd_policy_test(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from server.policy import PolicyUnavailable
+    from server.policy.bundle import PolicyLoadError
+
+    try:
+        results = asyncio.run(_policy_test(args))
+    except (PolicyLoadError, PolicyUnavailable) as error:
         fail(str(error), 1)
     if not results:
-        fail(f"{directory}: no test_ rules found", 1)
+        fail("no test_ rules found", 1)
     for result in results:
         if args.verbose or result.status != "PASS":
             line = f"{result.status}: {result.rule} ({result.milliseconds:.1f} ms)"
@@ -203,17 +229,33 @@ def cmd_policy_test(args: argparse.Namespace) -> None:
     raise SystemExit(0 if passed == len(results) else 1)
 
 
+async def _policy_eval(args: argparse.Namespace, policy_input: dict) -> dict:
+    from server.policy.testing import OpaQueries, evaluate
+
+    queries = _policy_queries(args, for_tests=False)
+    try:
+        if isinstance(queries, OpaQueries) and args.explain:
+            await queries.load()
+        return await evaluate(queries, policy_input, with_explanation=args.explain)
+    finally:
+        await queries.close()
+
+
 def cmd_policy_eval(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from server.policy import PolicyUnavailable
     from server.policy.bundle import PolicyLoadError
-    from server.policy.testing import evaluate
 
     try:
         policy_input = json.loads(Path(args.input).read_text() if args.input != "-" else sys.stdin.read())
     except (OSError, ValueError) as error:
         fail(f"cannot read input {args.input}: {error}")
+    if not isinstance(policy_input, dict):
+        fail(f"input {args.input} must be a JSON object")
     try:
-        result = evaluate(_policy_dir(args), policy_input)
-    except PolicyLoadError as error:
+        result = asyncio.run(_policy_eval(args, policy_input))
+    except (PolicyLoadError, PolicyUnavailable) as error:
         fail(str(error), 1)
     print(json.dumps(result, indent=2))
 
@@ -227,7 +269,8 @@ def cmd_config_check(args: argparse.Namespace) -> None:
         build_engine(config)
     except PolicyLoadError as error:
         fail(str(error), 1)
-    print(f"{args.config or os.environ.get(CONFIG_ENV)}: configuration and policy OK")
+    policy = "policy OK" if config.policy.engine == "embedded" else f"policy served by OPA at {config.policy.opa_url}"
+    print(f"{args.config or os.environ.get(CONFIG_ENV)}: configuration and {policy}")
 
 
 # --- parser ------------------------------------------------------------------------------
@@ -240,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--config", metavar="FILE", help=f"YAML configuration (default: ${CONFIG_ENV})")
         return p
+
+    def with_engine(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--engine", choices=["embedded", "opa"], help="policy engine (default: the configured one, else embedded)")
+        p.add_argument("--opa-url", metavar="URL", help="OPA server for --engine opa (default: policy.opa_url, else http://127.0.0.1:8181)")
 
     serve = with_config(commands.add_parser("serve", help="run the exchange server"))
     serve.add_argument("--dev", action="store_true", help="development mode: embedded defaults and a local dev cluster")
@@ -267,10 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     test = with_config(policy.add_parser("test", help="run the Rego unit tests (test_* rules)"))
     test.add_argument("dir", nargs="?", help="policy directory (default: the configured or shipped policies)")
     test.add_argument("-v", "--verbose", action="store_true", help="list passing tests too")
+    with_engine(test)
     test.set_defaults(handler=cmd_policy_test)
     evaluate = with_config(policy.add_parser("eval", help="print the decision for an input document"))
     evaluate.add_argument("--input", required=True, metavar="FILE", help="input JSON ('-' for stdin)")
     evaluate.add_argument("--dir", help="policy directory (default: the configured or shipped policies)")
+    evaluate.add_argument("--explain", action="store_true", help="also print which rules produced the decision")
+    with_engine(evaluate)
     evaluate.set_defaults(handler=cmd_policy_eval)
 
     config = commands.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)

@@ -87,9 +87,22 @@ class Policy(_Section):
 
 
 class KubernetesApi(_Section):
-    server: str | None = None
+    server: str | None = None  # None: the cluster chit runs in (in-cluster configuration)
     ca_file: FilePath | None = None
     token_file: FilePath | None = None
+    kubeconfig: FilePath | None = None  # instead of the three above: a kubeconfig file (its current context)
+    timeout_ms: Annotated[int, Field(gt=0, le=60_000)] = 3000  # each TokenReview / pod GET, in total
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str | None) -> str | None:
+        return None if value is None else require_safe_url(value, "api.server")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KubernetesApi:
+        if self.kubeconfig is not None and (self.server or self.ca_file or self.token_file):
+            raise ValueError("set either kubeconfig or server/ca_file/token_file")
+        return self
 
 
 class Cluster(_Section):
@@ -192,7 +205,8 @@ class Attestors(_Section):
 
 
 class ImageSignatures(_Section):
-    keys: dict[str, str] = {}
+    keys: dict[str, str] = {}  # name -> PEM public key (ECDSA P-256, cosign's)
+    timeout_ms: Annotated[int, Field(gt=0, le=60_000)] = 3000  # all of one exchange's registry lookups
 
 
 class Aws(_Section):
@@ -284,7 +298,13 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         c.model_copy(
             update={
                 "jwks_file": resolve(c.jwks_file),
-                "api": c.api.model_copy(update={"ca_file": resolve(c.api.ca_file), "token_file": resolve(c.api.token_file)}),
+                "api": c.api.model_copy(
+                    update={
+                        "ca_file": resolve(c.api.ca_file),
+                        "token_file": resolve(c.api.token_file),
+                        "kubeconfig": resolve(c.api.kubeconfig),
+                    }
+                ),
             }
         )
         for c in kubernetes.clusters

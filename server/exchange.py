@@ -22,9 +22,9 @@ from server.config import MAX_TOKEN_TTL, Config
 from server.errors import InvalidRequest, OAuthError, TemporarilyUnavailable
 from server.keys import KeyStore
 from server.mint import TYP_ACCESS_TOKEN, TYP_JWT, mint_jwt
-from server.policy import PolicyEngine, PolicyUnavailable, parse_decision, policy_input
+from server.policy import PolicyEngine, PolicyEvaluationError, PolicyUnavailable, parse_decision, policy_input
 from server.policy.decision import Decision, Grant, grant
-from server.policy.embedded import PolicyEvaluationError
+from server.signatures import ImageSignatures
 from server.state import StateStore
 from server.token_request import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_AWS_CREDENTIALS, TokenRequest
 
@@ -109,6 +109,7 @@ class TokenExchange:
         policy: PolicyEngine,
         audit: AuditLog,
         state: StateStore,
+        signatures: ImageSignatures | None = None,
     ):
         self.config = config
         self.keys = keys
@@ -116,6 +117,7 @@ class TokenExchange:
         self.policy = policy
         self.audit = audit
         self.state = state
+        self.signatures = signatures or ImageSignatures({})
 
     async def exchange(self, request: TokenRequest, entry: AuditEntry, now: float) -> dict[str, Any]:
         """Run one exchange; returns the RFC 8693 §2.2.1 response body or raises OAuthError."""
@@ -171,7 +173,7 @@ class TokenExchange:
         }
         images = None
         if subject.images is not None:
-            images = [{"ref": i.ref, "digest": i.digest, "signed": False, "signers": []} for i in subject.images]
+            images = await self.signatures.describe(subject.images)
         try:
             value = await self.policy.decide(policy_input(subject, request_view, now, images))
         except PolicyEvaluationError as error:
@@ -243,5 +245,6 @@ class TokenExchange:
     async def close(self) -> None:
         await self.attestors.close()
         await self.policy.close()
+        await self.signatures.close()
         await self.state.close()
         self.audit.close()

@@ -339,7 +339,7 @@ class ChitServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.client = httpx.Client(base_url=self.url, timeout=10)
 
-    def start(self, timeout: float = 30) -> ChitServer:
+    def start(self, timeout: float = 30, ready_path: str = "/readyz") -> ChitServer:
         log = open(self.directory / "server.log", "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server", "serve", "--config", str(self.config_path), "--workers", str(self.workers)],
@@ -353,7 +353,7 @@ class ChitServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"chit exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if self.client.get("/readyz").status_code == 200:
+                if self.client.get(ready_path).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -418,3 +418,407 @@ def copy_policy(destination: Path, data: dict[str, Any] | None = None, rego: dic
     for name, source in (rego or {}).items():
         (destination / name).write_text(source)
     return destination
+
+
+# --- an OPA server stand-in ------------------------------------------------------------
+
+
+def wait_for_http(client: httpx.Client, path: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    """Until `path` answers 200; fails with the process's log if it exits or never gets there."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            if client.get(path).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{process.args[0]} not ready after {timeout} s:\n{log.read_text(errors='replace')}")
+
+
+class OpaStandIn:
+    """tests/opa_standin.py in a subprocess: OPA's REST API over a policy directory."""
+
+    def __init__(self, policy_dir: Path, log_dir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = httpx.Client(base_url=self.url, timeout=10)
+        log = open(log_dir / "opa.log", "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.opa_standin", "--addr", f"127.0.0.1:{self.port}", str(policy_dir)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_http(self.client, "/health", self.process, log_dir / "opa.log")
+
+    def fault(self, **fault: Any) -> None:
+        """status/body (a fixed answer), delay (seconds), close (drop the connection), paths."""
+        self.client.put("/_standin/fault", json=fault).raise_for_status()
+
+    def reset(self) -> None:
+        self.client.delete("/_standin/fault").raise_for_status()
+
+    def requests(self) -> list[dict[str, Any]]:
+        return self.client.get("/_standin/requests").json()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.client.close()
+
+
+# --- a Kubernetes API server stand-in ----------------------------------------------------
+
+
+def pod_for(claims: dict[str, Any], images: list[tuple[str, str]] | None = None, phase: str = "Running") -> dict[str, Any]:
+    """The Pod a projected token's claims name, as the API serves it (core/v1).
+
+    `images` are (spec image, status imageID) per container, the first one the app container.
+    """
+    k8s = claims["kubernetes.io"]
+    images = images if images is not None else [("registry.example/agent:1.0", "registry.example/agent@sha256:" + "a" * 64)]
+    names = [f"c{i}" for i in range(len(images))]
+    return {
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": k8s["pod"]["name"],
+            "namespace": k8s["namespace"],
+            "uid": k8s["pod"]["uid"],
+            "resourceVersion": "4711",
+            "creationTimestamp": "2026-11-22T01:00:00Z",
+            "labels": {"app": "agent"},
+        },
+        "spec": {
+            "serviceAccountName": k8s["serviceaccount"]["name"],
+            "nodeName": k8s.get("node", {}).get("name", "node-1"),
+            "containers": [{"name": n, "image": image} for n, (image, _) in zip(names, images)],
+        },
+        "status": {
+            "phase": phase,
+            "podIP": "10.0.0.7",
+            "startTime": "2026-11-22T01:00:01Z",
+            "containerStatuses": [
+                {"name": n, "image": image, "imageID": image_id, "ready": True, "restartCount": 0, "started": True,
+                 "state": {"running": {"startedAt": "2026-11-22T01:00:02Z"}}, "containerID": f"containerd://{uuid.uuid4().hex}"}
+                for n, (image, image_id) in zip(names, images)
+            ],
+        },
+    }
+
+
+class KubernetesApiStandIn(DocumentServer):
+    """Answers TokenReview and Pod GET on 127.0.0.1 exactly in the Kubernetes API's JSON shapes.
+
+    TokenReview verifies the token with the issuer's public key and audiences,
+    as the API server's service-account authenticator does; `reviews[pod name]`
+    may rewrite the answer's status for negative tests. Pods come from `pods`.
+    Every request must carry `Authorization: Bearer <credential>` (chit's
+    token_file), else 401.
+    """
+
+    def __init__(self, issuer: ClusterIssuer, credential: str) -> None:
+        self.issuer = issuer
+        self.credential = credential
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.reviews: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+        self.requests: list[tuple[str, str, Any]] = []
+        super().__init__()
+        self.httpd.RequestHandlerClass = self._handler()
+
+    @staticmethod
+    def status(code: int, reason: str, message: str) -> dict[str, Any]:
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code}
+
+    def review(self, spec: dict[str, Any]) -> dict[str, Any]:
+        audiences = spec.get("audiences") or ["https://kubernetes.default.svc"]
+        try:
+            claims = jwt.decode(spec["token"], self.issuer.private_key.public_key(), algorithms=[self.issuer.algorithm], audience=audiences, issuer=self.issuer.issuer)
+        except jwt.PyJWTError as error:
+            return {"user": {}, "error": f"[invalid bearer token, {error}]"}
+        k8s = claims["kubernetes.io"]
+        status = {
+            "authenticated": True,
+            "user": {
+                "username": claims["sub"],
+                "uid": k8s["serviceaccount"]["uid"],
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{k8s['namespace']}", "system:authenticated"],
+                "extra": {
+                    "authentication.kubernetes.io/credential-id": [f"JTI={claims['jti']}"],
+                    "authentication.kubernetes.io/node-name": [k8s["node"]["name"]],
+                    "authentication.kubernetes.io/node-uid": [k8s["node"]["uid"]],
+                    "authentication.kubernetes.io/pod-name": [k8s["pod"]["name"]],
+                    "authentication.kubernetes.io/pod-uid": [k8s["pod"]["uid"]],
+                },
+            },
+            "audiences": [a for a in audiences if a in jwt_audiences(claims)],
+        }
+        rewrite = self.reviews.get(k8s["pod"]["name"])
+        return rewrite(status) if rewrite else status
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def answer(self, status: int, document: Any) -> None:
+                payload = json.dumps(document).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def handle_api(self, method: str) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                api.hits[self.path] = api.hits.get(self.path, 0) + 1
+                api.requests.append((method, self.path, json.loads(body) if body else None))
+                if self.path in api.delays:
+                    time.sleep(api.delays[self.path])
+                if self.path in api.failures:
+                    return self.answer(api.failures[self.path], api.status(api.failures[self.path], "InternalError", "stand-in failure"))
+                if self.headers.get("Authorization") != f"Bearer {api.credential}":
+                    return self.answer(401, api.status(401, "Unauthorized", "Unauthorized"))
+                if method == "POST" and self.path == "/apis/authentication.k8s.io/v1/tokenreviews":
+                    spec = json.loads(body)["spec"]
+                    return self.answer(201, {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                                             "metadata": {"creationTimestamp": None}, "spec": spec, "status": api.review(spec)})
+                parts = self.path.split("/")
+                if method == "GET" and len(parts) == 7 and parts[1:4] == ["api", "v1", "namespaces"] and parts[5] == "pods":
+                    pod = api.pods.get((parts[4], parts[6]))
+                    if pod is None:
+                        return self.answer(404, {**api.status(404, "NotFound", f'pods "{parts[6]}" not found'), "details": {"name": parts[6], "kind": "pods"}})
+                    return self.answer(200, pod)
+                return self.answer(404, api.status(404, "NotFound", "the server could not find the requested resource"))
+
+            def do_GET(self) -> None:  # noqa: N802
+                self.handle_api("GET")
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.handle_api("POST")
+
+        return Handler
+
+    def add_pod(self, token: str, **pod: Any) -> dict[str, Any]:
+        """Register the pod the token names (see pod_for); returns it for the test to alter."""
+        document = pod_for(jwt.decode(token, options={"verify_signature": False}), **pod)
+        self.pods[(document["metadata"]["namespace"], document["metadata"]["name"])] = document
+        return document
+
+
+def jwt_audiences(claims: dict[str, Any]) -> list[str]:
+    aud = claims.get("aud", [])
+    return [aud] if isinstance(aud, str) else list(aud)
+
+
+# --- a real OCI registry (Debian's docker-registry) and cosign-format signatures -----------------
+
+
+def sha256_digest(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def pem_public_key(private_key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return private_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+class OciRegistry:
+    """`docker-registry serve` (distribution 2.8) on 127.0.0.1 with a temporary storage dir;
+    images and cosign signatures are pushed through the OCI distribution API."""
+
+    OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+    SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
+
+    def __init__(self, directory: Path, token_service: RegistryTokenService | None = None):
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.host}"
+        config: dict[str, Any] = {
+            "version": 0.1,
+            "log": {"level": "error", "fields": {"service": "registry"}},
+            "storage": {"filesystem": {"rootdirectory": str(directory / "storage")}, "delete": {"enabled": True}},
+            "http": {"addr": self.host, "secret": uuid.uuid4().hex},
+        }
+        if token_service is not None:
+            config["auth"] = {"token": token_service.registry_config(directory)}
+        (directory / "registry.yml").write_text(yaml.safe_dump(config))
+        binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+        self.process = subprocess.Popen([binary, "serve", str(directory / "registry.yml")], stdout=open(directory / "registry.log", "ab"), stderr=subprocess.STDOUT)
+        self.client = httpx.Client(base_url=self.url, timeout=10, auth=token_service.auth() if token_service else None)
+        wait_for_http(self.client, "/v2/", self.process, directory / "registry.log")
+
+    def push_blob(self, repository: str, data: bytes) -> dict[str, Any]:
+        digest = sha256_digest(data)
+        started = self.client.post(f"/v2/{repository}/blobs/uploads/")
+        assert started.status_code == 202, started.text
+        location = started.headers["Location"]
+        # The Location keeps the upload's state in its query: append the digest to it.
+        done = self.client.put(f"{location}{'&' if '?' in location else '?'}digest={digest}", content=data, headers={"Content-Type": "application/octet-stream"})
+        assert done.status_code == 201, done.text
+        return {"digest": digest, "size": len(data)}
+
+    def push_manifest(self, repository: str, tag: str, manifest: dict[str, Any]) -> str:
+        body = json.dumps(manifest).encode()
+        response = self.client.put(f"/v2/{repository}/manifests/{tag}", content=body, headers={"Content-Type": self.OCI_MANIFEST})
+        assert response.status_code == 201, response.text
+        assert response.headers["Docker-Content-Digest"] == sha256_digest(body)
+        return sha256_digest(body)
+
+    def push_image(self, repository: str, tag: str = "1.0") -> tuple[str, str]:
+        """A small image (config + one layer, unique content); returns (ref by digest, digest)."""
+        config = self.push_blob(repository, json.dumps({"architecture": "amd64", "os": "linux", "nonce": uuid.uuid4().hex}).encode())
+        layer = self.push_blob(repository, os.urandom(256))
+        digest = self.push_manifest(repository, tag, {
+            "schemaVersion": 2,
+            "mediaType": self.OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}],
+        })
+        return f"{self.host}/{repository}@{digest}", digest
+
+    def sign(self, repository: str, digest: str, *signers: Any, payload_digest: str | None = None, tamper: bool = False) -> None:
+        """Push cosign's signature manifest (tag sha256-<hex>.sig): one simple-signing layer per signer key.
+
+        `payload_digest` names another image in the payload; `tamper` changes the payload after signing.
+        """
+        import base64 as b64
+
+        from cryptography.hazmat.primitives import hashes
+
+        layers = []
+        for key in signers:
+            payload = json.dumps({
+                "critical": {
+                    "identity": {"docker-reference": f"{self.host}/{repository}"},
+                    "image": {"docker-manifest-digest": payload_digest or digest},
+                    "type": "cosign container image signature",
+                },
+                "optional": None,
+            }, separators=(",", ":")).encode()
+            signature = key.sign(payload, ec.ECDSA(hashes.SHA256()))
+            if tamper:
+                payload = payload.replace(b'"optional":null', b'"optional":{"creator":"mallory"}')
+            blob = self.push_blob(repository, payload)
+            layers.append({"mediaType": self.SIMPLE_SIGNING, **blob, "annotations": {"dev.cosignproject.cosign/signature": b64.b64encode(signature).decode()}})
+        config = self.push_blob(repository, b"{}")
+        self.push_manifest(repository, digest.replace(":", "-") + ".sig", {
+            "schemaVersion": 2,
+            "mediaType": self.OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+            "layers": layers,
+        })
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.client.close()
+
+
+class RegistryTokenService:
+    """The token server of distribution's token auth (the Docker token authentication spec):
+    GET /token?service=…&scope=… answers {"token"}: an ES256 JWT whose x5c header carries a
+    self-signed certificate the registry trusts (its rootcertbundle), granting what is asked.
+    `requests` records each query and whether it carried credentials."""
+
+    SERVICE = "chit-test-registry"
+    ISSUER = "chit-test-token-issuer"
+
+    def __init__(self) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.x509.oid import NameOID
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chit test token issuer")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.certificate = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.pem = self.certificate.public_bytes(serialization.Encoding.PEM)
+        self.requests: list[dict[str, Any]] = []
+        self.available = True
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                from urllib.parse import parse_qs, urlsplit
+
+                query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                service.requests.append({**query, "authorization": self.headers.get("Authorization")})
+                if not service.available:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                payload = json.dumps({"token": service.token(query.get("scope", "")), "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def token(self, scope: str) -> str:
+        access = []
+        for item in scope.split(" "):
+            parts = item.split(":")
+            if len(parts) == 3:
+                access.append({"type": parts[0], "name": parts[1], "actions": parts[2].split(",")})
+        now = int(time.time())
+        claims = {"iss": self.ISSUER, "sub": "", "aud": self.SERVICE, "exp": now + 300, "nbf": now - 10, "iat": now,
+                  "jti": uuid.uuid4().hex, "access": access}
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        x5c = base64.b64encode(self.certificate.public_bytes(Encoding.DER)).decode()
+        return jwt.encode(claims, self.key, algorithm="ES256", headers={"x5c": [x5c]})
+
+    def registry_config(self, directory: Path) -> dict[str, Any]:
+        (directory / "token-ca.pem").write_bytes(self.pem)
+        return {"realm": self.realm, "service": self.SERVICE, "issuer": self.ISSUER, "rootcertbundle": str(directory / "token-ca.pem")}
+
+    def auth(self) -> httpx.Auth:
+        """For the tests' own pushes: answer the registry's Bearer challenge with a token."""
+        realm = self.realm
+
+        class ChallengeAuth(httpx.Auth):
+            def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+                response = yield request
+                challenge = response.headers.get("WWW-Authenticate", "")
+                if response.status_code == 401 and challenge.startswith("Bearer "):
+                    import re
+
+                    values = dict(re.findall(r'([A-Za-z_]+)="([^"]*)"', challenge))
+                    token = httpx.get(realm, params={k: values[k] for k in ("service", "scope") if k in values}).json()["token"]
+                    request.headers["Authorization"] = f"Bearer {token}"
+                    yield request
+
+        return ChallengeAuth()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -15,6 +15,19 @@ default decision := {"allow": false, "reasons": ["no binding for this workload"]
 decision := {"allow": false, "reasons": ["region not allowed by the binding"]} if {
 	binding.regions
 	not input.attestation.region in binding.regions
+} else := {"allow": false, "reasons": ["region not allowed for this kind of workload"]} if {
+	allowed := data.allowed_regions[input.attestation.kind]
+	not input.attestation.region in allowed
+} else := {"allow": false, "reasons": ["outside the hours of the binding"]} if {
+	binding.hours
+	not within_hours
+} else := {"allow": false, "reasons": ["signed images required, but the workload's images are unknown"]} if {
+	some _ in image_signers
+	not input.images
+} else := {"allow": false, "reasons": ["an image is not signed by a required signer"]} if {
+	some signers in image_signers
+	some image in input.images
+	count({s | some s in image.signers; s in signers}) == 0
 } else := {
 	"allow": true,
 	"scope": object.get(binding, "scope", []),
@@ -43,4 +56,37 @@ binding := b if {
 	input.attestation.kind == "gcp"
 	b := data.bindings.gcp[input.attestation.project_id][input.attestation.email]
 	input.attestation.zone in object.get(b, "zones", [input.attestation.zone])
+}
+
+# Business hours (`hours` of a binding), in UTC from input.now: `days` by
+# name, `start` ≤ hour < `end`; a window with `end` < `start` spans midnight.
+# A malformed window matches no hour, so it denies.
+within_hours if {
+	input.now.weekday in binding.hours.days
+	binding.hours.start <= input.now.hour
+	input.now.hour < binding.hours.end
+}
+
+within_hours if {
+	input.now.weekday in binding.hours.days
+	binding.hours.end < binding.hours.start
+	binding.hours.start <= input.now.hour
+}
+
+within_hours if {
+	input.now.weekday in binding.hours.days
+	binding.hours.end < binding.hours.start
+	input.now.hour < binding.hours.end
+}
+
+# Signers every image must carry one of: the binding's `image_signers` and its
+# namespace's (data.namespaces.kubernetes[cluster][namespace].image_signers).
+# Both apply when both are set: a binding cannot weaken its namespace's rule.
+image_signers contains signers if {
+	signers := binding.image_signers
+}
+
+image_signers contains signers if {
+	input.attestation.kind == "kubernetes"
+	signers := data.namespaces.kubernetes[input.attestation.cluster][input.attestation.namespace].image_signers
 }

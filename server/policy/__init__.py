@@ -22,6 +22,11 @@ class PolicyUnavailable(Exception):
     """The engine could not be asked (unreachable, 5xx, timeout): fail closed."""
 
 
+class PolicyEvaluationError(Exception):
+    """The policy raised an error (a conflict, a strict built-in error) or the engine's
+    answer is unusable (an OPA 4xx, a malformed response): the decision is a deny."""
+
+
 class PolicyEngine(Protocol):
     name: str
 
@@ -40,7 +45,15 @@ def policy_bundle(config: Config) -> PolicyBundle:
 
 
 def build_engine(config: Config) -> PolicyEngine:
-    """The configured engine; raises PolicyLoadError when the policy cannot be used."""
+    """The configured engine; raises PolicyLoadError when the policy cannot be used.
+
+    With `engine: opa` the policy lives in the OPA server: chit loads nothing
+    and starts even while OPA is down (readiness reports it, exchanges get 503).
+    """
+    if config.policy.engine == "opa":
+        from server.policy.opa import OpaEngine
+
+        return OpaEngine(config.policy.opa_url, config.policy.timeout_ms / 1000)
     from server.policy.embedded import EmbeddedEngine
 
     return EmbeddedEngine(policy_bundle(config))
@@ -86,6 +99,7 @@ def policy_input(
 __all__ = [
     "Decision",
     "PolicyEngine",
+    "PolicyEvaluationError",
     "PolicyUnavailable",
     "build_engine",
     "parse_decision",

@@ -39,8 +39,13 @@ class PolicyBundle:
     data: dict[str, Any]
 
     def module_package(self, name: str) -> str | None:
-        match = _PACKAGE.search(_COMMENT.sub("", self.modules[name]))
-        return match.group(1) if match else None
+        return module_package(self.modules[name])
+
+
+def module_package(source: str) -> str | None:
+    """The package a Rego module declares (None if it declares none)."""
+    match = _PACKAGE.search(_COMMENT.sub("", source))
+    return match.group(1) if match else None
 
 
 def shipped_policy_dir() -> Path:

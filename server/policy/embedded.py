@@ -20,6 +20,7 @@ from typing import Any
 import regopy
 from regopy import rego_shared
 
+from server.policy import PolicyEvaluationError
 from server.policy.bundle import ENTRYPOINT, PolicyBundle, PolicyLoadError, format_compile_error, uses_whole_input_override
 
 log = logging.getLogger("chit.policy")
@@ -39,9 +40,7 @@ _input_object = _lib.regoInputObject
 _input_array = _lib.regoInputArray
 _OK = 0
 
-
-class PolicyEvaluationError(Exception):
-    """The policy raised an error (a conflict, a strict built-in error): the decision is a deny."""
+__all__ = ["EmbeddedEngine", "PolicyEvaluationError"]
 
 
 def _add_input(handle: int, value: Any) -> int:

@@ -250,3 +250,50 @@ def test_server_refuses_a_policy_overriding_the_whole_input(tmp_path: Path) -> N
         "chit/decision.rego": 'package chit\n\nimport rego.v1\n\nd := {"allow": true}\n\ndecision := x if { x := d with input as {} }\n',
     }))
     assert result.returncode != 0 and "with input as" in result.stderr
+
+
+def test_policy_eval_explain_names_the_deciding_branch(tmp_path: Path) -> None:
+    policy = copy_policy(tmp_path / "p", data={"bindings": {"kubernetes": {"dev": {"demo": {"agent": {"audience": ["https://x"], "regions": ["eu-west-1"]}}}}}})
+    document = {
+        "subject": "spiffe://example.org/k8s/dev/ns/demo/sa/agent",
+        "attestation": {"kind": "kubernetes", "cluster": "dev", "namespace": "demo", "service_account": "agent", "region": "us-east-1"},
+        "request": {"audience": [], "resource": [], "scope": [], "requested_token_type": "urn:ietf:params:oauth:token-type:access_token", "actor": None},
+        "now": {"unix": 1763776000, "rfc3339": "2026-11-22T01:46:40Z", "weekday": "Sunday", "hour": 1},
+    }
+    (tmp_path / "input.json").write_text(json.dumps(document))
+    result = chit_cli("policy", "eval", "--input", str(tmp_path / "input.json"), "--dir", str(policy), "--explain")
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["allow"] is False and output["reasons"] == ["region not allowed by the binding"]
+    module, line = output["explain"]["decided_by"].rsplit(":", 1)
+    assert module == "chit/decision.rego"
+    branch = (policy / module).read_text().splitlines()[int(line) - 1 :][:3]
+    assert branch[0].startswith("decision :=") and "region not allowed by the binding" in branch[0]
+    rules = {r["rule"]: r for r in output["explain"]["rules"]}
+    assert rules["data.chit.binding"]["value"]["regions"] == ["eu-west-1"]
+    assert rules["data.chit.within_hours"]["undefined"] is True
+    assert rules["data.chit.decision"]["defined_at"][0] == "chit/decision.rego:10"
+
+
+def test_policy_test_on_opa_reports_each_failure(tmp_path: Path) -> None:
+    from tests.factories import OpaStandIn
+
+    policy = copy_policy(tmp_path / "p")
+    (policy / "chit" / "broken_test.rego").write_text(
+        "package chit_test\n\nimport rego.v1\n\n"
+        "test_passes if { true }\n\n"
+        'test_fails if { data.chit.decision.allow with input.attestation as {"kind": "nope"} }\n'
+    )
+    opa = OpaStandIn(policy, tmp_path)
+    try:
+        result = chit_cli("policy", "test", str(policy), "--engine", "opa", "--opa-url", opa.url)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "FAIL: data.chit_test.test_fails" in result.stdout and "PASS: 1/2" in result.stdout
+        # A directory OPA has not loaded is not silently tested against other sources.
+        (policy / "chit" / "broken_test.rego").write_text("package chit_test\n\ntest_other if { true }\n")
+        result = chit_cli("policy", "test", str(policy), "--engine", "opa", "--opa-url", opa.url)
+        assert result.returncode == 1 and "has not loaded chit/broken_test.rego" in result.stderr
+    finally:
+        opa.stop()
+    result = chit_cli("policy", "test", "--engine", "opa", "--opa-url", opa.url)
+    assert result.returncode == 1 and "unreachable" in result.stderr and "Traceback" not in result.stderr
