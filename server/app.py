@@ -71,7 +71,9 @@ def build_exchange(config: Config) -> TokenExchange:
     if config.attestors.gcp.enabled:
         jwt_verifiers.append(GcpVerifier(config.attestors.gcp, trust_domain=config.trust_domain, issuer=config.issuer, state=state))
     router = AttestorRouter(jwt_verifiers, [], own_issuer=config.issuer, is_own_kid=keys.is_own_kid)
-    signatures = ImageSignatures(config.image_signatures.keys, config.image_signatures.timeout_ms / 1000)
+    signatures = ImageSignatures(
+        config.image_signatures.keys, config.image_signatures.timeout_ms / 1000, config.image_signatures.registries
+    )
     return TokenExchange(config, keys, router, build_engine(config), AuditLog(config.audit.sink), state, signatures)
 
 

@@ -207,6 +207,9 @@ class Attestors(_Section):
 class ImageSignatures(_Section):
     keys: dict[str, str] = {}  # name -> PEM public key (ECDSA P-256, cosign's)
     timeout_ms: Annotated[int, Field(gt=0, le=60_000)] = 3000  # all of one exchange's registry lookups
+    # host[:port] of the registries chit may ask for signatures; None: any registry
+    # named by a DNS name or a public address (image references come from pod specs).
+    registries: list[str] | None = None
 
 
 class Aws(_Section):

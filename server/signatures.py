@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 import json
 import logging
 import time
@@ -63,11 +64,31 @@ def signature_tag(digest: str) -> str:
     return digest.replace(":", "-") + ".sig"
 
 
+def registry_reachable(registry: str, allowed: frozenset[str] | None) -> bool:
+    """Whether chit may send requests to `registry` (host[:port]).
+
+    Image references come from pod specs, which anyone who may create a pod
+    writes: without an allowlist, a registry named by an address on this host,
+    its link or a private network (the cloud metadata service, an internal
+    admin port) is never contacted.
+    """
+    if allowed is not None:
+        return registry in allowed
+    host = registry[1 : registry.index("]")] if registry.startswith("[") else registry.rsplit(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host != "localhost"
+    return address.is_global
+
+
 class ImageSignatures:
-    def __init__(self, keys: Mapping[str, str], timeout: float = TIMEOUT):
-        """`timeout`: seconds for all of one exchange's lookups together."""
+    def __init__(self, keys: Mapping[str, str], timeout: float = TIMEOUT, registries: list[str] | None = None):
+        """`timeout`: seconds for all of one exchange's lookups together; `registries`:
+        the allowlist of `image_signatures.registries`."""
         self.keys = load_keys(keys)
         self.timeout = timeout
+        self.registries = None if registries is None else frozenset(registries)
         self._registry = RegistryClient(timeout) if self.keys else None
         self._cache: dict[tuple[Repository, str], tuple[float, tuple[str, ...]]] = {}
 
@@ -90,6 +111,9 @@ class ImageSignatures:
     async def signers(self, image: ContainerImage) -> tuple[str, ...]:
         repository = repository_of(image.ref)
         if repository is None or not is_digest(image.digest):
+            return ()
+        if not registry_reachable(repository.registry, self.registries):
+            log.warning("image %s: registry %s is not one chit may contact: the image counts as unsigned", image.ref, repository.registry)
             return ()
         assert image.digest is not None
         key = (repository, image.digest)

@@ -156,6 +156,15 @@ test_image_signed_by_another_signer_is_denied if {
 	d.allow == false
 }
 
+test_an_empty_image_list_is_denied_when_signers_are_required if {
+	a := object.union(payments, {"service_account": "release-only"})
+	b := bindings
+	i := []
+	d := data.chit.decision with input.attestation as a with input.images as i with data.bindings as b
+	d.allow == false
+	d.reasons == ["signed images required, but the workload's images are unknown"]
+}
+
 test_unknown_images_are_denied_when_signers_are_required if {
 	a := object.union(payments, {"service_account": "release-only"})
 	b := bindings

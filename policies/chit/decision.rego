@@ -23,7 +23,7 @@ decision := {"allow": false, "reasons": ["region not allowed by the binding"]} i
 	not within_hours
 } else := {"allow": false, "reasons": ["signed images required, but the workload's images are unknown"]} if {
 	some _ in image_signers
-	not input.images
+	not has_images
 } else := {"allow": false, "reasons": ["an image is not signed by a required signer"]} if {
 	some signers in image_signers
 	some image in input.images
@@ -78,6 +78,9 @@ within_hours if {
 	binding.hours.end < binding.hours.start
 	input.now.hour < binding.hours.end
 }
+
+# No image list (pod_lookup off) and an empty one both mean: nothing to vouch for.
+has_images if count(input.images) > 0
 
 # Signers every image must carry one of: the binding's `image_signers` and its
 # namespace's (data.namespaces.kubernetes[cluster][namespace].image_signers).

@@ -36,6 +36,7 @@ RELEASE = ec.generate_private_key(ec.SECP256R1())
 AUDIT = ec.generate_private_key(ec.SECP256R1())
 STRANGER = ec.generate_private_key(ec.SECP256R1())  # a key chit is not configured with
 KEYS = {"release": pem_public_key(RELEASE), "audit": pem_public_key(AUDIT)}
+DEAD_REGISTRY = f"127.0.0.1:{free_port()}"  # nothing listens there
 BINDINGS = {"bindings": {"kubernetes": {"signed": {"payments": {
     "agent": {"audience": ["https://db.internal"], "image_signers": ["release"]},
     "any": {"audience": ["https://db.internal"]},
@@ -64,14 +65,14 @@ def api(issuer: ClusterIssuer) -> Iterator[KubernetesApiStandIn]:
 
 
 @pytest.fixture(scope="module")
-def chit(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, api: KubernetesApiStandIn) -> Iterator[ChitServer]:
+def chit(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, api: KubernetesApiStandIn, registry: OciRegistry) -> Iterator[ChitServer]:
     directory = tmp_path_factory.mktemp("chit-signatures")
     (directory / "api-token").write_text("credential")
     server = ChitServer(
         directory,
         {
             "policy": {"dir": str(copy_policy(directory / "policies", BINDINGS))},
-            "image_signatures": {"keys": KEYS, "timeout_ms": 2000},
+            "image_signatures": {"keys": KEYS, "timeout_ms": 2000, "registries": [registry.host, DEAD_REGISTRY]},
             "attestors": {"kubernetes": {"clusters": [{
                 "name": "signed", "issuer": ISSUER, "jwks_uri": documents.url("/signed/jwks"), "audiences": ["chit"],
                 "api": {"server": api.url(""), "token_file": str(directory / "api-token")}, "pod_lookup": True,
@@ -130,7 +131,7 @@ def test_anything_but_the_required_signature_is_denied(chit: ChitServer, api: Ku
 
 
 def test_unreachable_registry_means_unsigned_not_unavailable(chit: ChitServer, api: KubernetesApiStandIn, issuer: ClusterIssuer) -> None:
-    ref = f"127.0.0.1:{free_port()}/team/agent@sha256:" + "d" * 64
+    ref = f"{DEAD_REGISTRY}/team/agent@sha256:" + "d" * 64
     body = assert_refused(exchange_running(chit, api, issuer, ref))
     assert chit.audit_for(body["decision_id"])["outcome"] == "denied"
     # A workload whose binding requires nothing is not held up by the registry.
@@ -141,7 +142,7 @@ def test_unreachable_registry_means_unsigned_not_unavailable(chit: ChitServer, a
 
 
 def test_signers_name_every_configured_key_that_signed(registry: OciRegistry) -> None:
-    signatures = ImageSignatures(KEYS, 5)
+    signatures = ImageSignatures(KEYS, 5, [registry.host])
     both, release, unsigned, stranger = new_image(registry, RELEASE, AUDIT), new_image(registry, RELEASE), new_image(registry), new_image(registry, STRANGER)
     verdicts = describe(signatures, both, release, unsigned, stranger)
     assert [(v["signed"], v["signers"]) for v in verdicts] == [(True, ["release", "audit"]), (True, ["release"]), (False, []), (False, [])]
@@ -150,14 +151,14 @@ def test_signers_name_every_configured_key_that_signed(registry: OciRegistry) ->
 
 def test_results_are_cached_by_digest(tmp_path: Path) -> None:
     registry = OciRegistry(tmp_path)
-    signatures = ImageSignatures(KEYS, 5)
+    signatures = ImageSignatures(KEYS, 5, [registry.host])
     try:
         ref = new_image(registry, RELEASE)
         assert describe(signatures, ref)[0]["signers"] == ["release"]
     finally:
         registry.stop()
     assert describe(signatures, ref)[0]["signers"] == ["release"]  # no registry needed any more
-    assert describe(ImageSignatures(KEYS, 5), ref)[0]["signed"] is False  # a fresh cache: unsigned, not signed
+    assert describe(ImageSignatures(KEYS, 5, [registry.host]), ref)[0]["signed"] is False  # a fresh cache: unsigned, not signed
 
 
 def test_images_without_a_digest_or_a_registry_are_unsigned() -> None:
@@ -174,9 +175,10 @@ def test_slow_registry_is_cut_off(tmp_path: Path) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        ref = f"127.0.0.1:{listener.getsockname()[1]}/team/agent@sha256:" + "e" * 64
+        host = f"127.0.0.1:{listener.getsockname()[1]}"
+        ref = f"{host}/team/agent@sha256:" + "e" * 64
         started = time.monotonic()
-        assert describe(ImageSignatures(KEYS, 0.5), ref)[0]["signed"] is False
+        assert describe(ImageSignatures(KEYS, 0.5, [host]), ref)[0]["signed"] is False
         assert time.monotonic() - started < 3
 
 
@@ -187,16 +189,41 @@ def test_registry_with_token_auth_is_read_with_an_anonymous_pull_token(tmp_path:
     try:
         signed, unsigned = new_image(registry, RELEASE), new_image(registry)
         tokens.requests.clear()
-        verdicts = describe(ImageSignatures(KEYS, 5), signed, unsigned)
+        verdicts = describe(ImageSignatures(KEYS, 5, [registry.host]), signed, unsigned)
         assert [(v["signed"], v["signers"]) for v in verdicts] == [(True, ["release"]), (False, [])]
         # chit asked for pull access only, without credentials, once per repository.
         assert sorted(r["scope"] for r in tokens.requests) == sorted(f"repository:{ref.split('/', 1)[1].split('@')[0]}:pull" for ref in (signed, unsigned))
         assert {r["authorization"] for r in tokens.requests} == {None}
         tokens.available = False  # no token, no signature: unsigned
-        assert describe(ImageSignatures(KEYS, 5), signed)[0]["signed"] is False
+        assert describe(ImageSignatures(KEYS, 5, [registry.host]), signed)[0]["signed"] is False
     finally:
         registry.stop()
         tokens.stop()
+
+
+def test_registries_outside_the_allowlist_are_never_contacted(registry: OciRegistry, documents: DocumentServer) -> None:
+    signed = new_image(registry, RELEASE)
+    assert describe(ImageSignatures(KEYS, 5, ["registry.example.org"]), signed)[0]["signed"] is False
+    counted = f"127.0.0.1:{documents.port}/team/agent@sha256:" + "f" * 64
+    before = sum(documents.hits.values())
+    assert describe(ImageSignatures(KEYS, 5, ["registry.example.org"]), counted)[0]["signed"] is False
+    assert sum(documents.hits.values()) == before
+
+
+@pytest.mark.parametrize(
+    "registry, reachable",
+    [
+        ("ghcr.io", True), ("registry-1.docker.io", True), ("registry.internal:5000", True), ("8.8.8.8:443", True),
+        ("127.0.0.1:5000", False), ("localhost:5000", False), ("[::1]:5000", False),
+        ("169.254.169.254", False), ("10.0.0.7:5000", False), ("192.168.1.2", False), ("[fd00::1]:5000", False),
+    ],
+)
+def test_by_default_addresses_on_this_host_its_link_or_private_networks_are_not_contacted(registry: str, reachable: bool) -> None:
+    """Image references come from pod specs: they must not turn chit into a probe of internal addresses."""
+    from server.signatures import registry_reachable
+
+    assert registry_reachable(registry, None) is reachable
+    assert registry_reachable(registry, frozenset({registry})) is True
 
 
 def test_no_keys_means_no_registry_traffic(registry: OciRegistry) -> None:
