@@ -13,15 +13,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from attestors import DocumentVerifier
+from attestors.aws_iid import AwsIidVerifier
 from attestors.kubernetes import KubernetesVerifier
 from attestors.routing import AttestorRouter
 from server.audit import AuditLog
+from server.aws import AwsClients
 from server.config import Config
 from server.errors import InvalidRequest, OAuthError, RequestTooLarge
 from server.exchange import AuditEntry, TokenExchange
 from server.keys import KeyStore, ensure_signing_key
 from server.policy import build_engine
 from server.state import StateStore, StateUnavailable, build_state_store
+from server.sts import StsIssuer
 from server.token_request import GRANT_TYPE_TOKEN_EXCHANGE, MAX_BODY_BYTES, parse_token_request
 
 log = logging.getLogger("chit.app")
@@ -61,11 +65,18 @@ def build_exchange(config: Config) -> TokenExchange:
     """Everything an exchange needs, built once; raises on any unusable configuration."""
     ensure_signing_key(config.signing.keys_dir, config.signing.algorithm)
     keys = KeyStore(config.signing.keys_dir)
+    state = build_state_store(config)
+    aws = AwsClients(config.aws)  # boto3 is loaded only when AWS is first called
     jwt_verifiers = []
     if config.attestors.kubernetes.clusters:
         jwt_verifiers.append(KubernetesVerifier(config.attestors.kubernetes, config.trust_domain))
-    router = AttestorRouter(jwt_verifiers, [], own_issuer=config.issuer, is_own_kid=keys.is_own_kid)
-    return TokenExchange(config, keys, router, build_engine(config), AuditLog(config.audit.sink), build_state_store(config))
+    document_verifiers: list[DocumentVerifier] = []
+    if config.attestors.aws_iid.enabled:
+        document_verifiers.append(AwsIidVerifier(config.attestors.aws_iid, config.trust_domain, state, aws))
+    router = AttestorRouter(jwt_verifiers, document_verifiers, own_issuer=config.issuer, is_own_kid=keys.is_own_kid)
+    return TokenExchange(
+        config, keys, router, build_engine(config), AuditLog(config.audit.sink), state, StsIssuer(config.aws, aws)
+    )
 
 
 async def state_ready(state: StateStore) -> bool:
