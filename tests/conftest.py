@@ -19,8 +19,10 @@ from tests.factories import (
     ChitServer,
     ClusterIssuer,
     DocumentServer,
+    HangingServer,
     MotoServer,
     RegionCertificate,
+    closed_port_url,
     copy_policy,
     write_certificates,
 )
@@ -107,6 +109,7 @@ def chit(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, pr
 # --- AWS ------------------------------------------------------------------------------
 
 ROLE_AGENT = f"arn:aws:iam::{MOTO_ACCOUNT}:role/agent"
+ROLE_DESCRIBER = f"arn:aws:iam::{MOTO_ACCOUNT}:role/describer"
 ROLE_DEPLOYER = f"arn:aws:iam::{MOTO_ACCOUNT}:role/deployer"
 SESSION_POLICY = {
     "Version": "2012-10-17",
@@ -183,7 +186,7 @@ def aws_regions(tmp_path_factory: pytest.TempPathFactory) -> AwsRegions:
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     server = MotoServer(tmp_path_factory.mktemp("moto")).start()
     iam = server.client("iam")
-    for role in ("agent", "deployer"):
+    for role in ("agent", "deployer", "describer"):
         iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))
     yield server
     server.stop()
@@ -219,6 +222,29 @@ def aws_chit(
     directory = tmp_path_factory.mktemp("aws-chit")
     policy_dir = copy_policy(directory / "policies", AWS_BINDINGS)
     config = aws_chit_config(documents, aws_regions, policy_dir, endpoint_url=moto.url)
+    # DescribeInstances through a role chit assumes in the instances' account.
+    config["attestors"]["aws_iid"]["describe_roles"] = {MOTO_ACCOUNT: ROLE_DESCRIBER}
     server = ChitServer(directory, config, env=AWS_TEST_ENV).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", params=["connection refused", "no answer"])
+def outage_chit(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    documents: DocumentServer,
+    prod_issuer: ClusterIssuer,
+    aws_regions: AwsRegions,
+) -> Iterator[ChitServer]:
+    """chit whose AWS endpoint refuses connections, or accepts them and never answers."""
+    hanging = HangingServer() if request.param == "no answer" else None
+    endpoint = hanging.url if hanging else closed_port_url()
+    directory = tmp_path_factory.mktemp("aws-outage")
+    policy_dir = copy_policy(directory / "policies", AWS_BINDINGS)
+    config = aws_chit_config(documents, aws_regions, policy_dir, endpoint_url=endpoint, timeout_seconds=1)
+    server = ChitServer(directory, config, env=AWS_TEST_ENV).start()
+    yield server
+    server.stop()
+    if hanging:
+        hanging.stop()

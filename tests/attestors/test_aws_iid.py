@@ -15,7 +15,6 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -25,21 +24,17 @@ from attestors.aws_pkcs7 import verify_signed_data
 from server.aws import AwsClients
 from server.config import Aws, AwsIidAttestor
 from server.state import MemoryStore, StateStore, StateUnavailable
-from tests.conftest import AwsRegions, aws_chit_config
+from tests.conftest import AwsRegions
 from tests.factories import (
     AWS_IID_TYPE,
     AWS_TEST_ENV,
     DROP,
     MOTO_ACCOUNT,
     ChitServer,
-    DocumentServer,
-    HangingServer,
     MotoServer,
     RegionCertificate,
     assert_issued,
     assert_refused,
-    closed_port_url,
-    copy_policy,
     instance_document,
     iid_token,
     new_nonce,
@@ -609,23 +604,6 @@ def test_state_store_down_makes_the_check_unavailable(aws_regions: AwsRegions) -
 
 
 # --- the EC2 API unreachable: fail closed ----------------------------------------------------
-
-
-@pytest.fixture(scope="module", params=["connection refused", "no answer"])
-def outage_chit(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, aws_regions: AwsRegions
-) -> Iterator[ChitServer]:
-    """chit whose AWS endpoint refuses connections, or accepts them and never answers."""
-    hanging = HangingServer() if request.param == "no answer" else None
-    endpoint = hanging.url if hanging else closed_port_url()
-    directory = tmp_path_factory.mktemp("aws-outage")
-    policy_dir = copy_policy(directory / "policies", {"bindings": {}})
-    config = aws_chit_config(documents, aws_regions, policy_dir, endpoint_url=endpoint, timeout_seconds=1)
-    server = ChitServer(directory, config, env=AWS_TEST_ENV).start()
-    yield server
-    server.stop()
-    if hanging:
-        hanging.stop()
 
 
 def test_ec2_api_unreachable_is_503(outage_chit: ChitServer, aws_regions: AwsRegions) -> None:
