@@ -9,6 +9,7 @@ import datetime
 import json
 import re
 import time
+from pathlib import Path
 from typing import Iterator
 
 import jwt
@@ -248,3 +249,19 @@ def test_web_identity_mode_serves_instances_too(web_identity_chit: ChitServer, a
     assert moto.client("sts", credentials=body["aws_credentials"]).get_caller_identity()["Arn"].startswith(
         f"arn:aws:sts::{MOTO_ACCOUNT}:assumed-role/agent/"
     )
+
+
+def test_configured_ttl_under_900_refuses_sts_credentials(
+    tmp_path: Path, documents: DocumentServer, prod_issuer: ClusterIssuer, aws_regions: AwsRegions, moto: MotoServer
+) -> None:
+    """tokens.ttl_seconds caps every credential chit hands out; STS's cannot be shorter than 900 s."""
+    policy_dir = copy_policy(tmp_path / "policies", AWS_BINDINGS)
+    config = {**aws_chit_config(documents, aws_regions, policy_dir, endpoint_url=moto.url), "tokens": {"ttl_seconds": 600}}
+    server = ChitServer(tmp_path / "chit", config, env=AWS_TEST_ENV).start()
+    try:
+        calls = len(moto.requests("AssumeRole"))
+        body = assert_refused(server.exchange(prod_issuer.token(service_account="deployer"), requested_token_type=AWS_CREDENTIALS_TYPE))
+        assert "tokens.ttl_seconds is under 900" in body["error_description"]
+        assert len(moto.requests("AssumeRole")) == calls
+    finally:
+        server.stop()
