@@ -133,7 +133,11 @@ def parse_subject_token(subject_token: str) -> IidEvidence:
         raise InvalidEvidence("nonce missing: every exchange of an instance identity document needs its nonce")
     if not isinstance(nonce, str) or not NONCE.fullmatch(nonce):
         raise InvalidEvidence("nonce must be 16-128 printable ASCII characters without spaces")
-    return IidEvidence(document.encode("utf-8"), form, _standard_base64(signature, form), nonce)
+    try:
+        document_bytes = document.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escaped in the token's JSON
+        raise InvalidEvidence("document is not valid UTF-8") from None
+    return IidEvidence(document_bytes, form, _standard_base64(signature, form), nonce)
 
 
 def encode_subject_token(document: str, nonce: str, *, signature: str | None = None, rsa2048: str | None = None) -> str:

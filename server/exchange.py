@@ -26,16 +26,7 @@ from server.policy import PolicyEngine, PolicyUnavailable, parse_decision, polic
 from server.policy.decision import Decision, Grant, grant
 from server.policy.embedded import PolicyEvaluationError
 from server.state import StateStore
-from server.sts import (
-    STS_DURATION_SECONDS,
-    WEB_IDENTITY_AUDIENCE,
-    WEB_IDENTITY_TOKEN_TTL,
-    StsIssuer,
-    chit_tags,
-    role_session_name,
-    session_tags,
-    web_identity_claims,
-)
+from server.sts import STS_DURATION_SECONDS, WEB_IDENTITY_AUDIENCE, WEB_IDENTITY_TOKEN_TTL, StsIssuer
 from server.token_request import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_AWS_CREDENTIALS, TokenRequest
 
 log = logging.getLogger("chit.exchange")
@@ -263,12 +254,9 @@ class TokenExchange:
         if self.config.tokens.ttl_seconds < STS_DURATION_SECONDS:
             # The operator's cap holds for every credential chit hands out.
             raise InvalidRequest("aws-credentials are not available: tokens.ttl_seconds is under 900")
-        own_tags = chit_tags(subject, actor)
-        tags = session_tags(decision.aws, own_tags)
-        transitive = list(own_tags)
-        session_name = role_session_name(subject.subject)
-        if self.config.aws.sts_mode == "web_identity":
-            token = mint_jwt(
+
+        def web_identity_token(claims: dict[str, Any]) -> str:
+            return mint_jwt(
                 self.signing_key(now),
                 issuer=self.config.issuer,
                 subject=subject.subject,
@@ -278,11 +266,10 @@ class TokenExchange:
                 now=now,
                 att=subject.att_claim(),
                 typ=TYP_JWT,
-                extra_claims=web_identity_claims(tags, transitive),
+                extra_claims=claims,
             ).token
-            credentials = await self.sts.assume_role_with_web_identity(decision.aws, session_name, token)
-        else:
-            credentials = await self.sts.assume_role(decision.aws, session_name, tags, transitive)
+
+        credentials = await self.sts.credentials(decision.aws, subject, actor, web_identity_token)
         expires_in = max(1, min(STS_DURATION_SECONDS, round(credentials.expiration.timestamp() - now)))
         # The access key id is not secret (CloudTrail logs it with every call made
         # with these credentials): as the credential's id it links audit and CloudTrail.

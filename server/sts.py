@@ -25,7 +25,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from attestors import Attestation
 from server.aws import AwsClients, AwsRefused, AwsUnavailable
@@ -124,25 +124,31 @@ class StsIssuer:
         self.config = config
         self.clients = clients
 
-    def _parameters(self, grant: AwsGrant, session_name: str) -> dict[str, Any]:
+    async def credentials(
+        self,
+        grant: AwsGrant,
+        subject: Attestation,
+        actor: Attestation | None,
+        web_identity_token: Callable[[dict[str, Any]], str],
+    ) -> AwsCredentials:
+        """Credentials for `grant.role_arn`, named and tagged after `subject`;
+        `web_identity_token(claims)` signs chit's JWT for STS (web_identity mode)."""
+        own = chit_tags(subject, actor)
+        tags = session_tags(grant, own)
+        transitive = list(own)  # chit's tags survive role chaining; the policy's are its business
         parameters: dict[str, Any] = {
             "RoleArn": grant.role_arn,
-            "RoleSessionName": session_name,
+            "RoleSessionName": role_session_name(subject.subject),
             "DurationSeconds": STS_DURATION_SECONDS,
         }
         if grant.session_policy is not None:
             parameters["Policy"] = json.dumps(grant.session_policy, separators=(",", ":"))
-        return parameters
-
-    async def assume_role(self, grant: AwsGrant, session_name: str, tags: Mapping[str, str], transitive: list[str]) -> AwsCredentials:
-        parameters = self._parameters(grant, session_name)
+        if self.config.sts_mode == "web_identity":
+            parameters["WebIdentityToken"] = web_identity_token(web_identity_claims(tags, transitive))
+            return await self._call("assume_role_with_web_identity", parameters, unsigned=True)
         parameters["Tags"] = [{"Key": key, "Value": value} for key, value in tags.items()]
         parameters["TransitiveTagKeys"] = transitive
         return await self._call("assume_role", parameters)
-
-    async def assume_role_with_web_identity(self, grant: AwsGrant, session_name: str, token: str) -> AwsCredentials:
-        parameters = {**self._parameters(grant, session_name), "WebIdentityToken": token}
-        return await self._call("assume_role_with_web_identity", parameters, unsigned=True)
 
     async def _call(self, operation: str, parameters: dict[str, Any], *, unsigned: bool = False) -> AwsCredentials:
         try:
