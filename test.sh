@@ -10,14 +10,15 @@ packages=()
 missing() { ! command -v "$1" >/dev/null 2>&1; }
 python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || packages+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
+missing kubectl && packages+=(kubernetes-client)   # renders deploy/ with kubectl kustomize
 
 if ((${#packages[@]})); then
   echo "test.sh: installing ${packages[*]}" >&2
   if [ "$(id -u)" -eq 0 ]; then sudo=(); elif command -v sudo >/dev/null; then sudo=(sudo); else
     echo "test.sh: please install: ${packages[*]}" >&2; exit 1
   fi
-  "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+  "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -147,8 +147,9 @@ def http_client(ca_file: Path | None = None) -> httpx.AsyncClient:
     )
 
 
-async def fetch_json(client: httpx.AsyncClient, url: str) -> Any:
-    """GET a JSON document of bounded size; any failure raises EvidenceUnavailable."""
+async def fetch_json_response(client: httpx.AsyncClient, url: str) -> tuple[Any, httpx.Headers]:
+    """GET a JSON document of bounded size, with the response headers; any failure
+    raises EvidenceUnavailable."""
     try:
         async with client.stream("GET", url) as response:
             if response.status_code != 200:
@@ -158,11 +159,16 @@ async def fetch_json(client: httpx.AsyncClient, url: str) -> Any:
                 body += chunk
                 if len(body) > MAX_DOCUMENT_BYTES:
                     raise EvidenceUnavailable(f"{url} sent more than {MAX_DOCUMENT_BYTES} bytes")
-        return json.loads(body)
+        return json.loads(body), response.headers
     except httpx.HTTPError as error:
         raise EvidenceUnavailable(f"{url}: {type(error).__name__}") from None
     except ValueError:
         raise EvidenceUnavailable(f"{url} did not send JSON") from None
+
+
+async def fetch_json(client: httpx.AsyncClient, url: str) -> Any:
+    """GET a JSON document of bounded size; any failure raises EvidenceUnavailable."""
+    return (await fetch_json_response(client, url))[0]
 
 
 class RemoteKeySource(KeySource):
@@ -191,6 +197,9 @@ class RemoteKeySource(KeySource):
         self._attempted_at = -REFETCH_INTERVAL  # of the last attempt, successful or not
         self._last_failed = False
         self._last_error = ""
+        # How long fetched keys count as fresh; a source that says so (HTTP cache
+        # headers) sets it in its _fetch.
+        self._fresh_for = REFRESH_AFTER
         self._inflight: asyncio.Task[None] | None = None
         self.fetch_count = 0
 
@@ -248,7 +257,7 @@ class RemoteKeySource(KeySource):
             await self._await_fetch()
         elif not known and may_fetch:
             await self._await_fetch()
-        elif known and may_fetch and now - self._fetched_at >= REFRESH_AFTER:
+        elif known and may_fetch and now - self._fetched_at >= self._fresh_for:
             self._start_fetch()  # answer from the cache now, refresh in the background
         found = None if self._keys is None else select_key(self._keys, kid)
         if found is not None:

@@ -13,8 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from attestors import DocumentVerifier
+from attestors import DocumentVerifier, JwtVerifier
 from attestors.aws_iid import AwsIidVerifier
+from attestors.gcp import GcpVerifier
 from attestors.kubernetes import KubernetesVerifier
 from attestors.routing import AttestorRouter
 from server.audit import AuditLog
@@ -67,9 +68,11 @@ def build_exchange(config: Config) -> TokenExchange:
     keys = KeyStore(config.signing.keys_dir)
     state = build_state_store(config)
     aws = AwsClients(config.aws)  # boto3 is loaded only when AWS is first called
-    jwt_verifiers = []
+    jwt_verifiers: list[JwtVerifier] = []
     if config.attestors.kubernetes.clusters:
         jwt_verifiers.append(KubernetesVerifier(config.attestors.kubernetes, config.trust_domain))
+    if config.attestors.gcp.enabled:
+        jwt_verifiers.append(GcpVerifier(config.attestors.gcp, trust_domain=config.trust_domain, issuer=config.issuer, state=state))
     document_verifiers: list[DocumentVerifier] = []
     if config.attestors.aws_iid.enabled:
         document_verifiers.append(AwsIidVerifier(config.attestors.aws_iid, config.trust_domain, state, aws))

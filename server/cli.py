@@ -55,6 +55,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from server.policy.bundle import PolicyLoadError
 
     config = serve_config(args, dict(os.environ))
+    gcp = config.attestors.gcp
+    if args.workers > 1 and config.state.backend == "memory" and gcp.enabled and gcp.single_use:
+        # Each worker would remember its own tokens: a token could be used once per worker.
+        fail("attestors.gcp.single_use needs state every worker shares: use state.backend redis, or --workers 1")
     try:
         # Fail here, once, with a readable message, rather than in every worker.
         exchange = build_exchange(config)

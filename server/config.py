@@ -184,12 +184,18 @@ class AwsIidAttestor(_Section):
         return value
 
 
+# A Google Cloud project id: 6-30 lowercase letters, digits, hyphens, starting with
+# a letter (legacy domain-scoped ids, "example.com:project", are not accepted).
+GCP_PROJECT_ID = re.compile(r"[a-z][-a-z0-9]{4,28}[a-z0-9]")
+
+
 class GcpAttestor(_Section):
     enabled: bool = True
-    audiences: list[str] = []
+    # Empty: chit's own `issuer` URL is the one audience accepted (never "any").
+    audiences: list[Annotated[str, Field(min_length=1)]] = []
     certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
     require_full_format: bool = True
-    project_ids: list[str] | None = None
+    project_ids: Annotated[list[str], Field(min_length=1)] | None = None
     single_use: bool = False
     verify_instance: bool = False
 
@@ -197,6 +203,21 @@ class GcpAttestor(_Section):
     @classmethod
     def _certs_url(cls, value: str) -> str:
         return require_safe_url(value, "certs_url")
+
+    @field_validator("project_ids")
+    @classmethod
+    def _project_ids(cls, value: list[str] | None) -> list[str] | None:
+        for project_id in value or []:
+            if not GCP_PROJECT_ID.fullmatch(project_id):
+                raise ValueError(f"{project_id!r} is not a Google Cloud project id")
+        return value
+
+    @field_validator("verify_instance")
+    @classmethod
+    def _verify_instance(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("is not available in this version (the Compute Engine API lookup is not implemented); set it to false")
+        return value
 
 
 class Attestors(_Section):

@@ -143,12 +143,21 @@ class _DirectoryLock:
 
 
 def ensure_signing_key(keys_dir: Path, algorithm: str) -> None:
-    """Create the first key (active at once) if the directory holds none."""
-    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with _DirectoryLock(keys_dir):
-        if not _key_files(keys_dir):
-            path = write_key_file(keys_dir, algorithm, int(time.time()))
-            log.info("created signing key %s", path)
+    """Create the first key (active at once) if the directory holds none.
+
+    A directory that already holds keys is only read: in a cluster it is
+    typically a read-only Secret mount.
+    """
+    if keys_dir.is_dir() and _key_files(keys_dir):
+        return
+    try:
+        keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with _DirectoryLock(keys_dir):
+            if not _key_files(keys_dir):
+                path = write_key_file(keys_dir, algorithm, int(time.time()))
+                log.info("created signing key %s", path)
+    except OSError as error:
+        raise SigningKeyError(f"{keys_dir}: no signing key, and none can be created there ({error.strerror})") from None
 
 
 def rotate(keys_dir: Path, algorithm: str, grace_seconds: int, now: float | None = None) -> SigningKey:

@@ -5,6 +5,7 @@ HTTP server standing in for its JWKS endpoint, and a real `chit serve` process.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import shutil
@@ -22,7 +23,10 @@ from typing import Any, Callable
 import httpx
 import jwt
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,6 +144,112 @@ class ClusterIssuer:
 DROP = object()  # a claim override that removes the claim
 
 
+# --- Google's token service -------------------------------------------------------
+
+GOOGLE_ISSUER = "https://accounts.google.com"
+
+
+def self_signed_certificate(private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, common_name: str) -> str:
+    """A PEM X.509 certificate for `private_key`, like those Google publishes for its keys."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=14))
+        .sign(private_key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@dataclass
+class GoogleSigner:
+    """A stand-in for Google's identity token signer: RSA keys whose certificates
+    it publishes in Google's v1 format (`{kid: PEM}`), and Compute Engine identity
+    tokens shaped like the metadata server's (`format=full` or `standard`)."""
+
+    audience: str
+    project_id: str = "payments-prod"
+    email: str = "agent@payments-prod.iam.gserviceaccount.com"
+
+    def __post_init__(self) -> None:
+        self.keys: dict[str, rsa.RSAPrivateKey] = {}
+        self.certificates: dict[str, str] = {}
+        self.kid = self.add_key()
+
+    def add_key(self) -> str:
+        """A new published key (Google rotates keys this way); returns its kid."""
+        kid = uuid.uuid4().hex
+        self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.certificates[kid] = self_signed_certificate(self.keys[kid], "securetoken.system.gserviceaccount.com")
+        return kid
+
+    def certs(self) -> dict[str, str]:
+        return dict(self.certificates)
+
+    def instance(self, **overrides: Any) -> dict[str, Any]:
+        instance: dict[str, Any] = {
+            "instance_creation_timestamp": 1763700000,
+            "instance_id": "4520031799277581759",
+            "instance_name": "agent-vm-1",
+            "project_id": self.project_id,
+            "project_number": 733428162846,
+            "zone": "europe-west1-b",
+        }
+        return _apply(instance, overrides)
+
+    def claims(self, format: str = "full", instance: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "aud": self.audience,
+            "azp": "104318925392713268142",
+            "exp": now + 3600,
+            "iat": now,
+            "iss": GOOGLE_ISSUER,
+            "sub": "104318925392713268142",
+        }
+        if format == "full":
+            claims.update(email=self.email, email_verified=True, google={"compute_engine": self.instance(**(instance or {}))})
+        elif format == "standard":
+            # A Google ID token of the service account without instance claims (as
+            # generateIdToken issues them); the metadata server's own format=standard
+            # also leaves out the email, and chit refuses it.
+            claims.update(email=self.email, email_verified=True)
+        return _apply(claims, overrides)
+
+    def token(
+        self,
+        format: str = "full",
+        *,
+        instance: dict[str, Any] | None = None,
+        kid: str | None = None,
+        key: Any = None,
+        algorithm: str = "RS256",
+        headers: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> str:
+        kid = kid or self.kid
+        return jwt.encode(
+            self.claims(format, instance, **overrides),
+            key if key is not None else self.keys.get(kid, self.keys[self.kid]),
+            algorithm=algorithm,
+            headers={"kid": kid, "typ": "JWT", **(headers or {})},
+        )
+
+
+def _apply(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    for key, value in overrides.items():
+        if value is DROP:
+            values.pop(key, None)
+        else:
+            values[key] = value
+    return values
+
+
 # --- a local HTTP server for key material -----------------------------------------
 
 
@@ -147,7 +257,8 @@ class DocumentServer:
     """Serves JSON documents on 127.0.0.1 and counts requests per path.
 
     `failures[path] = status` makes a path answer that status, `delays[path]`
-    makes it slow; `stop()` closes the socket.
+    makes it slow, `headers[path]` adds response headers (e.g. Cache-Control);
+    `stop()` closes the socket.
     """
 
     def __init__(self) -> None:
@@ -155,6 +266,7 @@ class DocumentServer:
         self.hits: dict[str, int] = {}
         self.failures: dict[str, int] = {}
         self.delays: dict[str, float] = {}
+        self.headers: dict[str, dict[str, str]] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -176,6 +288,8 @@ class DocumentServer:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
+                for name, value in server.headers.get(self.path, {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload)
 

@@ -47,6 +47,17 @@ binding := data.bindings.kubernetes[input.attestation.cluster][input.attestation
 	input.attestation.kind == "kubernetes"
 }
 
+# GCP, full-format tokens: project → service account email. The service
+# account attached to a VM is what a platform team grants to (as in IAM) and
+# the project bounds who could attach it; placement is a restriction inside
+# the binding (`regions`, or `zones`: checked here so that other kinds pay
+# nothing for it). Standard-format tokens name no project: no binding here.
+binding := b if {
+	input.attestation.kind == "gcp"
+	b := data.bindings.gcp[input.attestation.project_id][input.attestation.email]
+	input.attestation.zone in object.get(b, "zones", [input.attestation.zone])
+}
+
 # EC2 instances: by account id, then region.
 binding := data.bindings.aws_iid[input.attestation.account_id][input.attestation.region] if {
 	input.attestation.kind == "aws_iid"

@@ -103,6 +103,94 @@ test_shipped_dev_binding if {
 	d.audience == ["https://demo.chit.invalid"]
 }
 
+# --- GCP: project → service account email ---
+
+gcp_bindings := {"gcp": {"payments-prod": {
+	"agent@payments-prod.iam.gserviceaccount.com": {"scope": ["read:db"], "audience": ["https://db.internal"], "ttl": 300},
+	"zonal@payments-prod.iam.gserviceaccount.com": {"scope": ["read:db"], "audience": ["https://db.internal"], "zones": ["europe-west1-b", "europe-west1-c"]},
+	"regional@payments-prod.iam.gserviceaccount.com": {"scope": ["read:db"], "audience": ["https://db.internal"], "regions": ["europe-west1"]},
+}}}
+
+# A verified full-format Compute Engine attestation.
+gcp_agent := {
+	"kind": "gcp", "issuer": "https://accounts.google.com",
+	"project_id": "payments-prod", "project_number": 733428162846,
+	"zone": "europe-west1-b", "region": "europe-west1",
+	"instance_id": "4520031799277581759", "instance_name": "agent-vm-1",
+	"email": "agent@payments-prod.iam.gserviceaccount.com", "sub": "104318925392713268142",
+}
+
+test_gcp_bound_service_account_is_allowed if {
+	a := gcp_agent
+	b := gcp_bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == true
+	d.scope == ["read:db"]
+	d.ttl == 300
+}
+
+test_gcp_unknown_service_account_is_denied if {
+	a := object.union(gcp_agent, {"email": "other@payments-prod.iam.gserviceaccount.com"})
+	b := gcp_bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+	d.reasons == ["no binding for this workload"]
+}
+
+test_gcp_same_service_account_in_another_project_is_denied if {
+	a := object.union(gcp_agent, {"project_id": "payments-dev"})
+	b := gcp_bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+}
+
+test_gcp_zone_in_the_binding_is_allowed if {
+	a := object.union(gcp_agent, {"email": "zonal@payments-prod.iam.gserviceaccount.com", "zone": "europe-west1-c"})
+	b := gcp_bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == true
+}
+
+test_gcp_zone_outside_the_binding_is_denied if {
+	a := object.union(gcp_agent, {"email": "zonal@payments-prod.iam.gserviceaccount.com", "zone": "europe-west1-d"})
+	b := gcp_bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+}
+
+test_gcp_region_outside_the_binding_is_denied if {
+	a := object.union(gcp_agent, {"email": "regional@payments-prod.iam.gserviceaccount.com", "zone": "us-central1-a", "region": "us-central1"})
+	b := gcp_bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+	d.reasons == ["region not allowed by the binding"]
+}
+
+test_gcp_standard_token_matches_no_binding if {
+	a := {"kind": "gcp", "issuer": "https://accounts.google.com", "email": "agent@payments-prod.iam.gserviceaccount.com", "sub": "104318925392713268142"}
+	b := gcp_bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+}
+
+test_gcp_binding_needs_kind_gcp if {
+	a := object.union(gcp_agent, {"kind": "aws_iid"})
+	b := gcp_bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+}
+
+# The shipped example's project id contains "google", which Google never
+# allows in a project id: the example can never match a real VM.
+test_shipped_gcp_example_binding if {
+	a := object.union(gcp_agent, {"project_id": "example-google-project", "email": "agent@example-google-project.iam.gserviceaccount.com"})
+	d := data.chit.decision with input.attestation as a
+	d.allow == true
+	d.ttl == 600
+}
+
+# --- AWS: a role in the binding; EC2 instances by account id → region ---
+
 test_binding_can_carry_an_aws_role if {
 	a := object.union(payments_agent, {"service_account": "deployer"})
 	b := bindings

@@ -177,7 +177,10 @@ def test_each_missing_kubernetes_claim_is_refused(chit: ChitServer, prod_issuer:
 
 def test_expired_token_is_refused(chit: ChitServer, prod_issuer: ClusterIssuer) -> None:
     now = int(time.time())
-    assert_refused(chit.exchange(prod_issuer.token(iat=now - 600, nbf=now - 600, exp=now - 1)))
+    body = assert_refused(chit.exchange(prod_issuer.token(iat=now - 600, nbf=now - 600, exp=now - 1)))
+    assert body["error_description"] == "subject_token invalid: token expired"
+    body = assert_refused(chit.exchange(prod_issuer.token(iat=now - 86000, nbf=now - 86000, exp=now - 7200)))
+    assert body["error_description"] == "subject_token invalid: token expired"
 
 
 def test_exp_gets_no_leeway(chit: ChitServer, prod_issuer: ClusterIssuer) -> None:
@@ -262,7 +265,8 @@ def test_legacy_secret_token_is_refused(chit: ChitServer, prod_issuer: ClusterIs
     now = int(time.time())
     legacy.update(exp=now + 600, iat=now, nbf=now)
     token = jwt.encode(legacy, prod_issuer.private_key, algorithm="RS256", headers={"kid": prod_issuer.kid})
-    assert_refused(chit.exchange(token))
+    body = assert_refused(chit.exchange(token))
+    assert "legacy service-account secret tokens are not accepted" in body["error_description"]
 
 
 def test_token_bound_to_no_pod_is_refused(chit: ChitServer, prod_issuer: ClusterIssuer) -> None:
@@ -306,11 +310,15 @@ def test_duplicate_json_members_are_refused(chit: ChitServer, prod_issuer: Clust
     claims = json.dumps(prod_issuer.claims())
     assert_issued(chit.exchange(rs256(prod_issuer, header, claims)))  # the control: verifies as is
     duplicated_sub = claims[:-1] + ', "sub": "system:serviceaccount:ops:orchestrator"}'
-    assert_refused(chit.exchange(rs256(prod_issuer, header, duplicated_sub)))
     duplicated_alg = header[:-1] + ', "alg": "none"}'
-    assert_refused(chit.exchange(rs256(prod_issuer, duplicated_alg, claims)))
     nested = json.dumps(prod_issuer.claims()).replace('"namespace": "payments"', '"namespace": "payments", "namespace": "ops"', 1)
-    assert_refused(chit.exchange(rs256(prod_issuer, header, nested)))
+    for token, member in (
+        (rs256(prod_issuer, header, duplicated_sub), "sub"),
+        (rs256(prod_issuer, duplicated_alg, claims), "alg"),
+        (rs256(prod_issuer, header, nested), "namespace"),
+    ):
+        body = assert_refused(chit.exchange(token))
+        assert f"duplicate JSON member '{member}'" in body["error_description"]
 
 
 def test_typed_tokens_other_than_jwt_are_refused(chit: ChitServer, prod_issuer: ClusterIssuer) -> None:
@@ -326,3 +334,14 @@ def test_a_token_minted_by_chit_is_never_evidence(chit: ChitServer, prod_issuer:
     # Even re-labelled as a plain JWT of a trusted cluster, chit's kid gives it away.
     kid = jwt.get_unverified_header(minted)["kid"]
     assert_refused(chit.exchange(prod_issuer.token(headers={"kid": kid})))
+
+
+def test_a_token_signed_with_chits_own_key_is_refused_as_chits(chit: ChitServer, prod_issuer: ClusterIssuer) -> None:
+    """Defense in depth: whatever its claims say, chit's own kid marks a token as chit's."""
+    from server.keys import KeyStore
+
+    key = KeyStore(chit.directory / "keys").signing_key(time.time())
+    assert key is not None
+    token = jwt.encode(prod_issuer.claims(), key.private_key, algorithm=key.algorithm, headers={"kid": key.kid})
+    body = assert_refused(chit.exchange(token))
+    assert body["error_description"] == "subject_token invalid: tokens issued by chit are not accepted as evidence"

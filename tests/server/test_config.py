@@ -33,6 +33,10 @@ def test_minimal_config_has_the_documented_defaults(tmp_path: Path) -> None:
     assert config.attestors.kubernetes.max_token_lifetime_seconds == 86400
     assert config.state.backend == "memory" and config.audit.sink == "stdout"
     assert config.token_endpoint == "https://chit.example.org/token"
+    gcp = config.attestors.gcp
+    assert gcp.enabled and gcp.audiences == [] and gcp.require_full_format
+    assert gcp.certs_url == "https://www.googleapis.com/oauth2/v1/certs"
+    assert gcp.project_ids is None and not gcp.single_use and not gcp.verify_instance
 
 
 @pytest.mark.parametrize(
@@ -62,9 +66,16 @@ def test_minimal_config_has_the_documented_defaults(tmp_path: Path) -> None:
          "chit's own issuer"),
         (MINIMAL + "state: {backend: redis}\n", "backend redis needs redis_url"),
         (MINIMAL + "dev: true\n", "dev: unknown key"),
+        (MINIMAL + "attestors: {gcp: {certs_url: 'http://www.googleapis.com/oauth2/v1/certs'}}\n",
+         "attestors.gcp.certs_url: certs_url must be an https:// URL"),
+        (MINIMAL + "attestors: {gcp: {audiences: ['']}}\n", "attestors.gcp.audiences[0]"),
+        (MINIMAL + "attestors: {gcp: {project_ids: []}}\n", "attestors.gcp.project_ids"),
+        (MINIMAL + "attestors: {gcp: {project_ids: [Payments_Prod]}}\n", "'Payments_Prod' is not a Google Cloud project id"),
+        (MINIMAL + "attestors: {gcp: {verify_instance: true}}\n", "attestors.gcp.verify_instance: is not available"),
     ],
     ids=["typo", "unknown-top", "ttl-over-900", "ttl-string", "hs256", "engine", "no-issuer", "http-issuer", "issuer-query",
-         "trust-domain", "jwks-http", "no-key-source", "no-audience", "cluster-name", "duplicate-cluster", "own-issuer", "redis-url", "dev-key"],
+         "trust-domain", "jwks-http", "no-key-source", "no-audience", "cluster-name", "duplicate-cluster", "own-issuer", "redis-url", "dev-key",
+         "gcp-certs-http", "gcp-empty-audience", "gcp-empty-allowlist", "gcp-bad-project", "gcp-verify-instance"],
 )
 def test_invalid_config_names_the_key_and_the_file(tmp_path: Path, text: str, key: str) -> None:
     path = write(tmp_path, text)
@@ -109,6 +120,14 @@ def test_serve_with_a_bad_key_stops_with_the_message(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{path}: invalid configuration" in result.stderr and "listen.prot: unknown key" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_single_use_with_per_process_state_refuses_several_workers(tmp_path: Path) -> None:
+    """With the memory backend each worker remembers only its own exchanges."""
+    path = write(tmp_path, MINIMAL + "signing: {keys_dir: keys}\nattestors: {gcp: {single_use: true}}\n")
+    result = run_chit("serve", "--config", str(path), "--workers", "2", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "single_use needs state every worker shares" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_config_from_the_environment(tmp_path: Path) -> None:

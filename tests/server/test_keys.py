@@ -123,3 +123,21 @@ def test_running_server_picks_up_a_rotation(tmp_path: Path, documents, prod_issu
         server.verify_issued(token, "https://db.internal")
     finally:
         server.stop()
+
+
+def test_a_directory_with_keys_is_only_read(tmp_path: Path) -> None:
+    """A Secret mount is read-only: with keys present nothing is written there."""
+    ensure_signing_key(tmp_path, "ES256")
+    (tmp_path / ".lock").unlink()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    ensure_signing_key(tmp_path, "ES256")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_no_key_and_no_way_to_create_one_is_a_clear_error(tmp_path: Path) -> None:
+    from server.keys import SigningKeyError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SigningKeyError, match="no signing key, and none can be created"):
+        ensure_signing_key(blocker / "keys", "ES256")

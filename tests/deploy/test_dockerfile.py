@@ -1,0 +1,80 @@
+"""The production image, checked by parsing the Dockerfile (no container engine
+runs on the development machines)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from dockerfile_parse import DockerfileParser
+
+from tests.factories import ROOT
+
+
+@pytest.fixture(scope="module")
+def stages() -> list[list[dict]]:
+    """Instructions per build stage, comments left out."""
+    parser = DockerfileParser(path=str(ROOT / "Dockerfile"))
+    result: list[list[dict]] = []
+    for instruction in parser.structure:
+        if instruction["instruction"] == "FROM":
+            result.append([])
+        if instruction["instruction"] != "COMMENT":
+            result[-1].append(instruction)
+    return result
+
+
+def values(stage: list[dict], name: str) -> list[str]:
+    return [i["value"] for i in stage if i["instruction"] == name]
+
+
+def test_multi_stage_on_a_pinned_slim_python(stages) -> None:
+    assert len(stages) >= 2
+    for stage in stages:
+        image = values(stage, "FROM")[0].split()[0]
+        assert re.fullmatch(r"python:3\.\d+\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", image), image
+
+
+def test_dependencies_come_from_the_project_metadata(stages) -> None:
+    build = " ".join(values(stages[0], "RUN"))
+    assert "pip install --no-cache-dir ." in build
+    assert "COPY pyproject.toml" in " ".join(f"COPY {v}" for v in values(stages[0], "COPY"))
+
+
+def test_final_stage_has_no_compilers_package_managers_or_caches(stages) -> None:
+    final = stages[-1]
+    assert values(final, "RUN") == []  # nothing is installed or built in the final stage
+    copies = values(final, "COPY")
+    assert copies and all(c.startswith("--from=") for c in copies)
+    text = json.dumps(final)
+    for word in ("gcc", "build-essential", "apt-get", "pip install"):
+        assert word not in text
+
+
+def test_runs_as_a_numeric_non_root_user(stages) -> None:
+    user = values(stages[-1], "USER")
+    assert len(user) == 1
+    uid, _, gid = user[0].partition(":")
+    assert uid.isdigit() and int(uid) != 0 and (not gid or int(gid) != 0)
+
+
+def test_writes_only_to_declared_volumes(stages) -> None:
+    volumes = json.loads(values(stages[-1], "VOLUME")[0])
+    assert {"/tmp", "/var/lib/chit/keys", "/etc/chit"} <= set(volumes)
+    env = " ".join(values(stages[-1], "ENV"))
+    assert "PYTHONDONTWRITEBYTECODE=1" in env  # no .pyc written next to the code
+
+
+def test_healthcheck_and_entrypoint(stages) -> None:
+    final = stages[-1]
+    assert "/healthz" in values(final, "HEALTHCHECK")[0]
+    assert json.loads(values(final, "ENTRYPOINT")[0]) == ["chit", "serve"]
+    assert json.loads(values(final, "CMD")[0]) == ["--config", "/etc/chit/chit.yaml"]
+    assert values(final, "EXPOSE") == ["8400"]
+
+
+def test_build_context_leaves_out_local_state() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".git", ".venv", ".chit", "tests"):
+        assert entry in ignored
