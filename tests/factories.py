@@ -637,7 +637,11 @@ class MotoServer:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=20)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
     def client(self, service: str, region: str = "us-east-1", credentials: dict[str, str] | None = None) -> Any:
         import boto3

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from attestors import EvidenceUnavailable, InvalidEvidence
-from attestors.aws_iid import SHIPPED_CERTIFICATES, AwsIidVerifier, InstanceBindings
+from attestors.aws_iid import SHIPPED_CERTIFICATES, AwsIidVerifier, InstanceBindings, encode_subject_token
 from attestors.aws_pkcs7 import verify_signed_data
 from server.aws import AwsClients
 from server.config import Aws, AwsIidAttestor
@@ -80,6 +80,12 @@ def test_real_documents_verify_with_the_shipped_certificate(n: int) -> None:
         "instance_id": claims["instanceId"],
     }
     assert dict(attestation.claims) == claims
+
+
+def test_the_collectors_encoding_is_what_the_verifier_reads() -> None:
+    document, signature = vector(1)
+    attestation = verify(verifier(), encode_subject_token(document, new_nonce(), signature=signature))
+    assert attestation.facts["instance_id"] == "i-0ce4441c840a0a941"
 
 
 @pytest.mark.parametrize("n", [0, 1])
