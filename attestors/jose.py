@@ -70,12 +70,24 @@ def _bounded_int(text: str) -> int:
     return value
 
 
+def _finite_float(text: str) -> float:
+    # 1e999 would parse as infinity, which JSON cannot carry on to the policy.
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidEvidence("JSON number out of range")
+    return value
+
+
 def strict_json_object(data: bytes, what: str) -> dict[str, Any]:
-    """Parse a JSON object, refusing duplicate members, NaN/Infinity and non-UTF-8."""
+    """Parse a JSON object, refusing duplicate members, NaN/Infinity, huge numbers and non-UTF-8."""
     try:
         text = data.decode("utf-8")
         value = json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant, parse_int=_bounded_int
+            text,
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
         )
     except InvalidEvidence as error:
         raise InvalidEvidence(f"{what}: {error}") from None

@@ -13,11 +13,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from attestors import JwtVerifier
+from attestors import DocumentVerifier, JwtVerifier
+from attestors.aws_iid import AwsIidVerifier
 from attestors.gcp import GcpVerifier
 from attestors.kubernetes import KubernetesVerifier
 from attestors.routing import AttestorRouter
 from server.audit import AuditLog
+from server.aws import AwsClients
 from server.config import Config
 from server.errors import InvalidRequest, OAuthError, RequestTooLarge
 from server.exchange import AuditEntry, TokenExchange
@@ -25,6 +27,7 @@ from server.keys import KeyStore, ensure_signing_key
 from server.policy import build_engine
 from server.signatures import ImageSignatures
 from server.state import StateStore, StateUnavailable, build_state_store
+from server.sts import StsIssuer
 from server.token_request import GRANT_TYPE_TOKEN_EXCHANGE, MAX_BODY_BYTES, parse_token_request
 
 log = logging.getLogger("chit.app")
@@ -65,16 +68,22 @@ def build_exchange(config: Config) -> TokenExchange:
     ensure_signing_key(config.signing.keys_dir, config.signing.algorithm)
     keys = KeyStore(config.signing.keys_dir)
     state = build_state_store(config)
+    aws = AwsClients(config.aws)  # boto3 is loaded only when AWS is first called
     jwt_verifiers: list[JwtVerifier] = []
     if config.attestors.kubernetes.clusters:
         jwt_verifiers.append(KubernetesVerifier(config.attestors.kubernetes, config.trust_domain))
     if config.attestors.gcp.enabled:
         jwt_verifiers.append(GcpVerifier(config.attestors.gcp, trust_domain=config.trust_domain, issuer=config.issuer, state=state))
-    router = AttestorRouter(jwt_verifiers, [], own_issuer=config.issuer, is_own_kid=keys.is_own_kid)
+    document_verifiers: list[DocumentVerifier] = []
+    if config.attestors.aws_iid.enabled:
+        document_verifiers.append(AwsIidVerifier(config.attestors.aws_iid, config.trust_domain, state, aws))
+    router = AttestorRouter(jwt_verifiers, document_verifiers, own_issuer=config.issuer, is_own_kid=keys.is_own_kid)
     signatures = ImageSignatures(
         config.image_signatures.keys, config.image_signatures.timeout_ms / 1000, config.image_signatures.registries
     )
-    return TokenExchange(config, keys, router, build_engine(config), AuditLog(config.audit.sink), state, signatures)
+    return TokenExchange(
+        config, keys, router, build_engine(config), AuditLog(config.audit.sink), state, StsIssuer(config.aws, aws), signatures
+    )
 
 
 async def state_ready(state: StateStore) -> bool:

@@ -273,6 +273,44 @@ def cmd_config_check(args: argparse.Namespace) -> None:
     print(f"{args.config or os.environ.get(CONFIG_ENV)}: configuration and {policy}")
 
 
+# --- chit aws -------------------------------------------------------------------------
+
+
+def cmd_aws_forget_instance(args: argparse.Namespace) -> None:
+    """Remove an instance's nonce binding: its next exchange binds a new nonce."""
+    import asyncio
+
+    from attestors.aws_iid import INSTANCE_ID, InstanceBindings
+    from server.state import StateUnavailable, build_state_store
+
+    config = config_from_args(args)
+    if not INSTANCE_ID.fullmatch(args.instance_id):
+        fail(f"{args.instance_id!r} is not an EC2 instance id (i-0123456789abcdef0)")
+    if config.state.backend == "memory":
+        fail(
+            "state.backend is memory: the nonce bindings live inside the running chit server process, "
+            "which this command cannot reach. Restarting the server forgets every binding; "
+            "use state.backend: redis to forget one instance at a time.",
+            1,
+        )
+
+    async def forget() -> bool:
+        store = build_state_store(config)
+        try:
+            return await InstanceBindings(store, config.attestors.aws_iid.binding_ttl_seconds).forget(args.instance_id)
+        finally:
+            await store.close()
+
+    try:
+        forgotten = asyncio.run(forget())
+    except StateUnavailable as error:
+        fail(f"the state store is unavailable: {error}", 1)
+    if forgotten:
+        print(f"forgot the nonce binding of {args.instance_id}; its next exchange binds a new nonce")
+    else:
+        print(f"{args.instance_id} has no nonce binding")
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -322,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--explain", action="store_true", help="also print which rules produced the decision")
     with_engine(evaluate)
     evaluate.set_defaults(handler=cmd_policy_eval)
+
+    aws = commands.add_parser("aws", help="AWS instance identity").add_subparsers(dest="aws_command", required=True)
+    forget = with_config(aws.add_parser("forget-instance", help="remove an instance's nonce binding (its next exchange binds a new nonce)"))
+    forget.add_argument("instance_id", metavar="ID", help="EC2 instance id")
+    forget.set_defaults(handler=cmd_aws_forget_instance)
 
     config = commands.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)
     with_config(config.add_parser("check", help="validate a configuration and compile its policy")).set_defaults(

@@ -154,12 +154,47 @@ class KubernetesAttestor(_Section):
         return self
 
 
+AWS_ACCOUNT_ID = re.compile(r"\d{12}")
+AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+AWS_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}")
+
+
 class AwsIidAttestor(_Section):
     enabled: bool = True
-    certificates_dir: FilePath | None = None
-    regions: list[str] | None = None
-    account_ids: list[str] | None = None
+    certificates_dir: FilePath | None = None  # None: the AWS certificates shipped with chit
+    regions: list[str] | None = None  # allowlist; None: every region with a certificate
+    account_ids: list[str] | None = None  # allowlist
     verify_instance: bool = False
+    # Roles chit assumes to call DescribeInstances in other accounts (account id -> role ARN);
+    # an account not listed is described with chit's own AWS credentials.
+    describe_roles: dict[str, str] = {}
+    # How long an instance's nonce binding outlives its last successful exchange.
+    binding_ttl_seconds: PositiveInt = 365 * 86400
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, value: list[str] | None) -> list[str] | None:
+        for region in value or []:
+            if not AWS_REGION.fullmatch(region):
+                raise ValueError(f"{region!r} is not an AWS region name")
+        return value
+
+    @field_validator("account_ids")
+    @classmethod
+    def _account_ids(cls, value: list[str] | None) -> list[str] | None:
+        for account in value or []:
+            if not AWS_ACCOUNT_ID.fullmatch(account):
+                raise ValueError(f"{account!r} is not a 12-digit AWS account id")
+        return value
+
+    @field_validator("describe_roles")
+    @classmethod
+    def _describe_roles(cls, value: dict[str, str]) -> dict[str, str]:
+        for account, role_arn in value.items():
+            match = AWS_ROLE_ARN.fullmatch(role_arn)
+            if not AWS_ACCOUNT_ID.fullmatch(account) or match is None:
+                raise ValueError(f"{account!r}: {role_arn!r} must map a 12-digit account id to an IAM role ARN")
+        return value
 
 
 # A Google Cloud project id: 6-30 lowercase letters, digits, hyphens, starting with
@@ -214,8 +249,14 @@ class ImageSignatures(_Section):
 
 class Aws(_Section):
     region: str = "us-east-1"
-    endpoint_url: str | None = None
+    endpoint_url: str | None = None  # one endpoint for STS and EC2 (a local stand-in); None: AWS's own
     sts_mode: Literal["assume_role", "web_identity"] = "assume_role"
+    timeout_seconds: Annotated[float, Field(gt=0, le=60, strict=False)] = 5.0  # connect and read, per attempt
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        return None if value is None else require_safe_url(value, "endpoint_url")
 
 
 class State(_Section):

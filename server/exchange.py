@@ -19,13 +19,14 @@ from attestors import Attestation, EvidenceUnavailable, InvalidEvidence
 from attestors.routing import AttestorRouter
 from server.audit import AuditLog
 from server.config import MAX_TOKEN_TTL, Config
-from server.errors import InvalidRequest, OAuthError, TemporarilyUnavailable
-from server.keys import KeyStore
+from server.errors import InvalidRequest, OAuthError, PolicyDenied, TemporarilyUnavailable
+from server.keys import KeyStore, SigningKey
 from server.mint import TYP_ACCESS_TOKEN, TYP_JWT, mint_jwt
 from server.policy import PolicyEngine, PolicyEvaluationError, PolicyUnavailable, parse_decision, policy_input
 from server.policy.decision import Decision, Grant, grant
 from server.signatures import ImageSignatures
 from server.state import StateStore
+from server.sts import STS_DURATION_SECONDS, WEB_IDENTITY_AUDIENCE, WEB_IDENTITY_TOKEN_TTL, StsIssuer
 from server.token_request import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_AWS_CREDENTIALS, TokenRequest
 
 log = logging.getLogger("chit.exchange")
@@ -109,6 +110,7 @@ class TokenExchange:
         policy: PolicyEngine,
         audit: AuditLog,
         state: StateStore,
+        sts: StsIssuer,
         signatures: ImageSignatures | None = None,
     ):
         self.config = config
@@ -117,6 +119,7 @@ class TokenExchange:
         self.policy = policy
         self.audit = audit
         self.state = state
+        self.sts = sts
         self.signatures = signatures or ImageSignatures({})
 
     async def exchange(self, request: TokenRequest, entry: AuditEntry, now: float) -> dict[str, Any]:
@@ -135,10 +138,14 @@ class TokenExchange:
         subject = await self.enrich(subject)
         decision = await self.decide(subject, actor, request, now)
         entry.reasons = decision.reasons
-        granted = grant(decision, request.scope, request.targets)
+        aws_credentials = request.requested_token_type == TOKEN_TYPE_AWS_CREDENTIALS
+        granted = grant(decision, request.scope, request.targets, require_audience=not aws_credentials)
         entry.granted_scope, entry.granted_audience = granted.scope, granted.audience
 
-        response = self.mint(request, subject, actor, decision, granted, entry, now)
+        if aws_credentials:
+            response = await self.mint_aws_credentials(subject, actor, decision, entry, now)
+        else:
+            response = self.mint(request, subject, actor, decision, granted, entry, now)
         await self.commit_replay_guards(subject, actor)
         entry.outcome = "issued"
         return response
@@ -202,12 +209,8 @@ class TokenExchange:
         entry: AuditEntry,
         now: float,
     ) -> dict[str, Any]:
-        if request.requested_token_type == TOKEN_TYPE_AWS_CREDENTIALS:
-            raise InvalidRequest("requested_token_type aws-credentials is not enabled on this server")
         ttl = self.lifetime(decision, subject, actor, now=now)
-        key = self.keys.signing_key(now)
-        if key is None:
-            raise TemporarilyUnavailable("no signing key is active", detail=f"no active key in {self.keys.keys_dir}")
+        key = self.signing_key(now)
         jwt_requested = request.requested_token_type != TOKEN_TYPE_ACCESS_TOKEN
         issued = mint_jwt(
             key,
@@ -231,6 +234,55 @@ class TokenExchange:
         if granted.scope:
             response["scope"] = " ".join(granted.scope)
         return response
+
+    def signing_key(self, now: float) -> SigningKey:
+        key = self.keys.signing_key(now)
+        if key is None:
+            raise TemporarilyUnavailable("no signing key is active", detail=f"no active key in {self.keys.keys_dir}")
+        return key
+
+    async def mint_aws_credentials(
+        self, subject: Attestation, actor: Attestation | None, decision: Decision, entry: AuditEntry, now: float
+    ) -> dict[str, Any]:
+        """STS credentials for the decision's role; they last 900 s (DESIGN.md "Minted
+        lifetime": AWS's minimum is chit's maximum), so a shorter decision ttl refuses them."""
+        if decision.aws is None:
+            raise PolicyDenied("the exchange is not permitted", detail="aws-credentials requested; decision.aws.role_arn absent")
+        if decision.ttl is not None and decision.ttl < STS_DURATION_SECONDS:
+            raise PolicyDenied(
+                "the exchange is not permitted",
+                detail=f"decision.ttl {decision.ttl} s is under the 900 s AWS credentials last",
+            )
+        if self.config.tokens.ttl_seconds < STS_DURATION_SECONDS:
+            # The operator's cap holds for every credential chit hands out.
+            raise InvalidRequest("aws-credentials are not available: tokens.ttl_seconds is under 900")
+
+        def web_identity_token(claims: dict[str, Any]) -> str:
+            return mint_jwt(
+                self.signing_key(now),
+                issuer=self.config.issuer,
+                subject=subject.subject,
+                audience=(WEB_IDENTITY_AUDIENCE,),
+                scope=(),
+                ttl=WEB_IDENTITY_TOKEN_TTL,
+                now=now,
+                att=subject.att_claim(),
+                typ=TYP_JWT,
+                extra_claims=claims,
+            ).token
+
+        credentials = await self.sts.credentials(decision.aws, subject, actor, web_identity_token)
+        expires_in = max(1, min(STS_DURATION_SECONDS, round(credentials.expiration.timestamp() - now)))
+        # The access key id is not secret (CloudTrail logs it with every call made
+        # with these credentials): as the credential's id it links audit and CloudTrail.
+        entry.ttl, entry.jti = expires_in, credentials.access_key_id
+        return {
+            "access_token": credentials.session_token,
+            "issued_token_type": TOKEN_TYPE_AWS_CREDENTIALS,
+            "token_type": "N_A",
+            "expires_in": expires_in,
+            "aws_credentials": credentials.credential_process(),
+        }
 
     async def commit_replay_guards(self, *attestations: Attestation | None) -> None:
         for attestation in attestations:

@@ -37,6 +37,7 @@ def mint_jwt(
     att: Mapping[str, Any],
     actor: str | None = None,
     typ: str = TYP_ACCESS_TOKEN,
+    extra_claims: Mapping[str, Any] | None = None,
 ) -> IssuedToken:
     """Sign a token for `subject`; `ttl` has already been capped by the caller."""
     issued_at = int(now)
@@ -56,6 +57,8 @@ def mint_jwt(
         claims["scope"] = " ".join(scope)
     if actor is not None:
         claims["act"] = {"sub": actor}  # RFC 8693 §4.1
+    if extra_claims:
+        claims.update(extra_claims)
     token = jwt.encode(
         claims,
         key.private_key,

@@ -1,15 +1,31 @@
 """Shared fixtures: one document server, two test cluster issuers, and a chit
-server that trusts both (session-scoped: starting chit costs about a second)."""
+server that trusts both (session-scoped: starting chit costs about a second);
+for AWS, a real local AWS API (moto), test region certificates and a chit
+server that verifies instance identity documents against both."""
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.factories import ChitServer, ClusterIssuer, DocumentServer, copy_policy
+from tests.factories import (
+    AWS_TEST_ENV,
+    MOTO_ACCOUNT,
+    ChitServer,
+    ClusterIssuer,
+    DocumentServer,
+    HangingServer,
+    MotoServer,
+    RegionCertificate,
+    closed_port_url,
+    copy_policy,
+    write_certificates,
+)
 
 PROD_ISSUER = "https://prod.k8s.chit.test"
 STAGING_ISSUER = "https://staging.k8s.chit.test"
@@ -31,7 +47,9 @@ TEST_BINDINGS = {
                 "ops": {"orchestrator": {"scope": ["delegate"], "audience": ["https://db.internal"]}},
             },
             "staging": {"payments": {"agent": {"scope": ["read:db"], "audience": ["https://db.internal"]}}},
-        }
+        },
+        # The account of the real AWS-signed vectors (tests/attestors/aws_iid_vectors).
+        "aws_iid": {"975050371289": {"us-east-1": {"scope": ["read:db"], "audience": ["https://db.internal"]}}},
     }
 }
 
@@ -86,3 +104,147 @@ def chit(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, pr
     ).start()
     yield server
     server.stop()
+
+
+# --- AWS ------------------------------------------------------------------------------
+
+ROLE_AGENT = f"arn:aws:iam::{MOTO_ACCOUNT}:role/agent"
+ROLE_DESCRIBER = f"arn:aws:iam::{MOTO_ACCOUNT}:role/describer"
+ROLE_DEPLOYER = f"arn:aws:iam::{MOTO_ACCOUNT}:role/deployer"
+SESSION_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::artifacts/*"}],
+}
+AWS_BINDINGS = {
+    "bindings": {
+        "kubernetes": {
+            "prod": {
+                "payments": {
+                    "agent": {"scope": ["read:db"], "audience": ["https://db.internal"]},
+                    "deployer": {"aws": {"role_arn": ROLE_DEPLOYER, "session_policy": SESSION_POLICY, "tags": {"team": "payments"}}},
+                    "short-lived": {"ttl": 300, "aws": {"role_arn": ROLE_DEPLOYER}},
+                    "tag-thief": {"aws": {"role_arn": ROLE_DEPLOYER, "tags": {"CHIT:subject": "spiffe://example.org/k8s/prod/ns/ops/sa/admin"}}},
+                }
+            }
+        },
+        "aws_iid": {
+            MOTO_ACCOUNT: {
+                "us-east-1": {
+                    "scope": ["read:db"],
+                    "audience": ["https://db.internal"],
+                    "tags": {"team": "payments"},
+                    "aws": {"role_arn": ROLE_AGENT},
+                }
+            }
+        },
+    }
+}
+
+
+@dataclass
+class AwsRegions:
+    """Test stand-ins for AWS's region certificates, as chit's `certificates_dir`."""
+
+    directory: Path
+    us_east_1: RegionCertificate  # signature/us-east-1.pem
+    us_east_1_rsa2048: RegionCertificate  # rsa2048/us-east-1.pem
+    eu_west_1: RegionCertificate  # signature/eu-west-1.pem
+    expired: RegionCertificate  # signature/eu-west-2.pem
+    not_yet_valid: RegionCertificate  # signature/eu-west-3.pem
+    not_allowed: RegionCertificate  # signature/ap-south-1.pem, outside the `regions` allowlist
+
+
+@pytest.fixture(scope="session")
+def aws_regions(tmp_path_factory: pytest.TempPathFactory) -> AwsRegions:
+    now = time.time()
+    regions = AwsRegions(
+        directory=tmp_path_factory.mktemp("aws-certificates"),
+        us_east_1=RegionCertificate(),
+        us_east_1_rsa2048=RegionCertificate(),
+        eu_west_1=RegionCertificate(),
+        expired=RegionCertificate(valid_from=now - 400 * 86400, valid_until=now - 86400),
+        not_yet_valid=RegionCertificate(valid_from=now + 86400, valid_until=now + 400 * 86400),
+        not_allowed=RegionCertificate(),
+    )
+    write_certificates(
+        regions.directory,
+        {
+            "signature": {
+                "us-east-1": regions.us_east_1,
+                "eu-west-1": regions.eu_west_1,
+                "eu-west-2": regions.expired,
+                "eu-west-3": regions.not_yet_valid,
+                "ap-south-1": regions.not_allowed,
+            },
+            "rsa2048": {"us-east-1": regions.us_east_1_rsa2048},
+        },
+    )
+    return regions
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    iam = server.client("iam")
+    for role in ("agent", "deployer", "describer"):
+        iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))
+    yield server
+    server.stop()
+
+
+def aws_chit_config(documents: DocumentServer, aws_regions: AwsRegions, policy_dir: Path, **aws: object) -> dict:
+    """chit with the prod cluster and the test AWS regions, calling `aws.endpoint_url`."""
+    return {
+        "trust_domain": "example.org",
+        "policy": {"dir": str(policy_dir)},
+        "attestors": {
+            "kubernetes": {"clusters": cluster_config(documents, Path("/nonexistent"))[:1]},
+            "aws_iid": {
+                "certificates_dir": str(aws_regions.directory),
+                "regions": ["us-east-1", "eu-west-1", "eu-west-2", "eu-west-3"],
+                "account_ids": [MOTO_ACCOUNT, "210987654321"],
+                "verify_instance": True,
+            },
+        },
+        "aws": {"region": "us-east-1", "sts_mode": "assume_role", **aws},
+    }
+
+
+@pytest.fixture(scope="session")
+def aws_chit(
+    tmp_path_factory: pytest.TempPathFactory,
+    documents: DocumentServer,
+    prod_issuer: ClusterIssuer,
+    aws_regions: AwsRegions,
+    moto: MotoServer,
+) -> Iterator[ChitServer]:
+    """chit verifying instances and minting STS credentials against moto (assume_role mode)."""
+    directory = tmp_path_factory.mktemp("aws-chit")
+    policy_dir = copy_policy(directory / "policies", AWS_BINDINGS)
+    config = aws_chit_config(documents, aws_regions, policy_dir, endpoint_url=moto.url)
+    # DescribeInstances through a role chit assumes in the instances' account.
+    config["attestors"]["aws_iid"]["describe_roles"] = {MOTO_ACCOUNT: ROLE_DESCRIBER}
+    server = ChitServer(directory, config, env=AWS_TEST_ENV).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", params=["connection refused", "no answer"])
+def outage_chit(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    documents: DocumentServer,
+    prod_issuer: ClusterIssuer,
+    aws_regions: AwsRegions,
+) -> Iterator[ChitServer]:
+    """chit whose AWS endpoint refuses connections, or accepts them and never answers."""
+    hanging = HangingServer() if request.param == "no answer" else None
+    endpoint = hanging.url if hanging else closed_port_url()
+    directory = tmp_path_factory.mktemp("aws-outage")
+    policy_dir = copy_policy(directory / "policies", AWS_BINDINGS)
+    config = aws_chit_config(documents, aws_regions, policy_dir, endpoint_url=endpoint, timeout_seconds=1)
+    server = ChitServer(directory, config, env=AWS_TEST_ENV).start()
+    yield server
+    server.stop()
+    if hanging:
+        hanging.stop()

@@ -822,3 +822,307 @@ class RegistryTokenService:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+# --- AWS: a test region certificate, instance identity documents, a local AWS API -------------
+
+AWS_IID_TYPE = "urn:chit:params:oauth:token-type:aws-iid"
+AWS_CREDENTIALS_TYPE = "urn:chit:params:oauth:token-type:aws-credentials"
+MOTO_ACCOUNT = "123456789012"  # the account every moto resource belongs to
+
+
+class RegionCertificate:
+    """A stand-in for AWS's certificate of one region: a self-signed RSA certificate
+    and its key, signing documents the way IMDS serves them."""
+
+    def __init__(self, bits: int = 2048, *, valid_from: float | None = None, valid_until: float | None = None):
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.x509.oid import NameOID
+
+        self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        now = time.time()
+        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Amazon Web Services LLC (test)")])
+        moment = lambda t: datetime.datetime.fromtimestamp(t, datetime.timezone.utc)  # noqa: E731
+        self.certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.private_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(moment(valid_from if valid_from is not None else now - 86400))
+            .not_valid_after(moment(valid_until if valid_until is not None else now + 365 * 86400))
+            .sign(self.private_key, hashes.SHA256())
+        )
+
+    @property
+    def pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def signature(self, document: str) -> str:
+        """/latest/dynamic/instance-identity/signature: base64 in 76-character lines."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        signature = self.private_key.sign(document.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return base64.encodebytes(signature).decode().rstrip("\n")
+
+    def rsa2048(self, document: str, *, digest: str = "sha256", detached: bool = False, attributes: bool = True, ber: bool = True) -> str:
+        """/latest/dynamic/instance-identity/rsa2048: PKCS#7 SignedData in base64 lines,
+        BER-encoded with indefinite lengths as AWS serves it (`ber=False`: DER)."""
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.serialization import pkcs7
+
+        options = [pkcs7.PKCS7Options.Binary]
+        if detached:
+            options.append(pkcs7.PKCS7Options.DetachedSignature)
+        if not attributes:
+            options.append(pkcs7.PKCS7Options.NoAttributes)
+        blob = (
+            pkcs7.PKCS7SignatureBuilder()
+            .set_data(document.encode())
+            .add_signer(self.certificate, self.private_key, hashes.SHA256() if digest == "sha1" else getattr(hashes, digest.upper())())
+            .sign(serialization.Encoding.DER, options)
+        )
+        if digest == "sha1":
+            blob = self._resign_sha1(blob, document.encode())
+        return base64.encodebytes(ber_indefinite(blob, chunk=512) if ber else blob).decode().rstrip("\n")
+
+    def _resign_sha1(self, blob: bytes, document: bytes) -> bytes:
+        """The same SignedData, correctly signed over SHA-1 (cryptography only builds SHA-2)."""
+        import hashlib
+
+        from asn1crypto import algos, cms
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        info = cms.ContentInfo.load(blob)
+        signed_data = info["content"]
+        signed_data["digest_algorithms"] = [algos.DigestAlgorithm({"algorithm": "sha1"})]
+        signer = signed_data["signer_infos"][0]
+        signer["digest_algorithm"] = algos.DigestAlgorithm({"algorithm": "sha1"})
+        attributes = [a for a in signer["signed_attrs"] if a["type"].native != "message_digest"]
+        attributes.append(cms.CMSAttribute({"type": "message_digest", "values": [hashlib.sha1(document).digest()]}))
+        signer["signed_attrs"] = cms.CMSAttributes(attributes)
+        to_sign = b"\x31" + signer["signed_attrs"].dump(force=True)[1:]
+        signer["signature"] = self.private_key.sign(to_sign, padding.PKCS1v15(), hashes.SHA1())
+        return info.dump(force=True)
+
+
+def ber_indefinite(der: bytes, chunk: int | None = None) -> bytes:
+    """Re-encode DER with indefinite lengths for every constructed value (and octet
+    strings longer than `chunk` as constructed strings): BER as AWS's rsa2048 is."""
+
+    def header(tag: int, length: int) -> bytes:
+        if length < 0x80:
+            return bytes([tag, length])
+        size = length.to_bytes((length.bit_length() + 7) // 8, "big")
+        return bytes([tag, 0x80 | len(size)]) + size
+
+    out, i = b"", 0
+    while i < len(der):
+        tag, first = der[i], der[i + 1]
+        i += 2
+        length = first
+        if first & 0x80:
+            count = first & 0x7F
+            length = int.from_bytes(der[i : i + count], "big")
+            i += count
+        value, i = der[i : i + length], i + length
+        if tag & 0x20:
+            out += bytes([tag, 0x80]) + ber_indefinite(value, chunk) + b"\0\0"
+        elif tag == 0x04 and chunk and len(value) > chunk:
+            pieces = b"".join(header(0x04, len(value[k : k + chunk])) + value[k : k + chunk] for k in range(0, len(value), chunk))
+            out += b"\x24\x80" + pieces + b"\0\0"
+        else:
+            out += header(tag, len(value)) + value
+    return out
+
+
+def write_certificates(directory: Path, certificates: dict[str, dict[str, RegionCertificate]]) -> Path:
+    """A `certificates_dir`: {"signature": {REGION: cert}, "rsa2048": {REGION: cert}}."""
+    for form, regions in certificates.items():
+        (directory / form).mkdir(parents=True, exist_ok=True)
+        for region, certificate in regions.items():
+            (directory / form / f"{region}.pem").write_bytes(certificate.pem)
+    return directory
+
+
+def instance_document(
+    instance_id: str = "i-0b02d936754a6d637",
+    *,
+    account_id: str = MOTO_ACCOUNT,
+    region: str = "us-east-1",
+    availability_zone: str | None = None,
+    image_id: str = "ami-0c7217cdde317cfec",
+    pending_time: str = "2026-01-15T14:12:11Z",
+    **overrides: Any,
+) -> str:
+    """An instance identity document formatted exactly as IMDS serves one."""
+    document: dict[str, Any] = {
+        "accountId": account_id,
+        "architecture": "x86_64",
+        "availabilityZone": availability_zone or f"{region}b",
+        "billingProducts": None,
+        "devpayProductCodes": None,
+        "marketplaceProductCodes": None,
+        "imageId": image_id,
+        "instanceId": instance_id,
+        "instanceType": "t3.micro",
+        "kernelId": None,
+        "pendingTime": pending_time,
+        "privateIp": "172.31.17.154",
+        "ramdiskId": None,
+        "region": region,
+        "version": "2017-09-30",
+    }
+    for key, value in overrides.items():
+        if value is DROP:
+            document.pop(key, None)
+        else:
+            document[key] = value
+    return json.dumps(document, indent=2, separators=(",", " : "))
+
+
+def iid_token(document: str, nonce: str | None, *, padded: bool = False, **signature: str) -> str:
+    """The aws-iid subject token: base64url(JSON {document, signature | rsa2048, nonce})."""
+    body: dict[str, Any] = {"document": document, **signature}
+    if nonce is not None:
+        body["nonce"] = nonce
+    encoded = base64.urlsafe_b64encode(json.dumps(body).encode()).decode()
+    return encoded if padded else encoded.rstrip("=")
+
+
+def new_nonce() -> str:
+    return uuid.uuid4().hex + uuid.uuid4().hex
+
+
+@dataclass
+class RecordedRequest:
+    form: dict[str, str]
+    headers: dict[str, str]
+
+
+class MotoServer:
+    """A real local AWS API (`moto_server`: STS, EC2, IAM, …) on a free port, recording
+    every request it receives so tests can read what chit sent."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> MotoServer:
+        log = open(self.directory / "moto.log", "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            cwd=self.directory,
+            env={**os.environ, "MOTO_RECORDER_FILEPATH": str(self.directory / "recording")},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {self.process.returncode}")
+            try:
+                if httpx.post(f"{self.url}/moto-api/recorder/start-recording").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"moto_server not ready after {timeout} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def client(self, service: str, region: str = "us-east-1", credentials: dict[str, str] | None = None) -> Any:
+        import boto3
+
+        keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+        if credentials is not None:
+            keys = {
+                "aws_access_key_id": credentials["AccessKeyId"],
+                "aws_secret_access_key": credentials["SecretAccessKey"],
+                "aws_session_token": credentials["SessionToken"],
+            }
+        return boto3.client(service, region_name=region, endpoint_url=self.url, **keys)
+
+    def requests(self, action: str) -> list[RecordedRequest]:
+        """Every recorded request for the Query API `action`, oldest first."""
+        from urllib.parse import parse_qsl
+
+        lines = httpx.get(f"{self.url}/moto-api/recorder/download-recording").text.splitlines()
+        found = []
+        for line in lines:
+            record = json.loads(line)
+            body = record.get("body") or ""
+            if record.get("body_encoded"):
+                body = base64.b64decode(body).decode()
+            form = dict(parse_qsl(body))
+            if form.get("Action") == action:
+                found.append(RecordedRequest(form, record.get("headers", {})))
+        return found
+
+    def launch_instance(self, region: str = "us-east-1", *, tags: dict[str, str] | None = None, image_id: str | None = None) -> dict[str, Any]:
+        """Run an instance in moto; returns its DescribeInstances description."""
+        ec2 = self.client("ec2", region)
+        if image_id is None:
+            image_id = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        parameters: dict[str, Any] = {"ImageId": image_id, "MinCount": 1, "MaxCount": 1, "InstanceType": "t3.micro"}
+        parameters["Placement"] = {"AvailabilityZone": f"{region}b"}
+        if tags:
+            parameters["TagSpecifications"] = [
+                {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
+            ]
+        return ec2.run_instances(**parameters)["Instances"][0]
+
+    @staticmethod
+    def document_for(instance: dict[str, Any], region: str = "us-east-1") -> str:
+        """The identity document IMDS would serve on a moto instance."""
+        return instance_document(
+            instance["InstanceId"],
+            region=region,
+            availability_zone=instance["Placement"]["AvailabilityZone"],
+            image_id=instance["ImageId"],
+            pending_time=instance["LaunchTime"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+
+
+class HangingServer:
+    """A TCP port that accepts connections (the kernel's backlog) and never answers."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(64)
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+
+    def stop(self) -> None:
+        self.socket.close()
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on: connections are refused."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+# Keeps AWS SDKs in chit's test processes from reading this machine's AWS
+# configuration or probing an instance metadata service.
+AWS_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_CONFIG_FILE": "/dev/null",
+    "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}

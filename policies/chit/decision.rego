@@ -11,31 +11,31 @@ default decision := {"allow": false, "reasons": ["no binding for this workload"]
 
 # The first rule whose condition holds decides: every denial comes before the
 # grant. A denial's value must not depend on anything that can be undefined,
-# or the chain would fall through to the next rule.
-decision := {"allow": false, "reasons": ["region not allowed by the binding"]} if {
-	binding.regions
-	not input.attestation.region in binding.regions
-} else := {"allow": false, "reasons": ["region not allowed for this kind of workload"]} if {
-	allowed := data.allowed_regions[input.attestation.kind]
-	not input.attestation.region in allowed
-} else := {"allow": false, "reasons": ["outside the hours of the binding"]} if {
-	binding.hours
-	not within_hours
-} else := {"allow": false, "reasons": ["signed images required, but the workload's images are unknown"]} if {
-	some _ in image_signers
-	not has_images
-} else := {"allow": false, "reasons": ["an image is not signed by a required signer"]} if {
-	some signers in image_signers
-	some image in input.images
-	count({s | some s in image.signers; s in signers}) == 0
-} else := {
-	"allow": true,
-	"scope": object.get(binding, "scope", []),
-	"audience": object.get(binding, "audience", []),
-	"ttl": object.get(binding, "ttl", 900),
-	"reasons": ["binding matched"],
-} if {
-	binding
+# or the chain would fall through to the next rule. The binding is bound to a
+# local once per body: each reference to a rule costs the embedded engine time.
+decision := {"allow": false, "reasons": [refusal]} if {
+	refusal := binding_refusal
+} else := grant if {
+	# A binding with an AWS role, for requested_token_type aws-credentials.
+	b := binding
+	b.aws
+	grant := {
+		"allow": true,
+		"scope": object.get(b, "scope", []),
+		"audience": object.get(b, "audience", []),
+		"ttl": object.get(b, "ttl", 900),
+		"reasons": ["binding matched"],
+		"aws": b.aws,
+	}
+} else := grant if {
+	b := binding
+	grant := {
+		"allow": true,
+		"scope": object.get(b, "scope", []),
+		"audience": object.get(b, "audience", []),
+		"ttl": object.get(b, "ttl", 900),
+		"reasons": ["binding matched"],
+	}
 }
 
 # The binding of the workload, found by key one level at a time and never by
@@ -56,6 +56,40 @@ binding := b if {
 	input.attestation.kind == "gcp"
 	b := data.bindings.gcp[input.attestation.project_id][input.attestation.email]
 	input.attestation.zone in object.get(b, "zones", [input.attestation.zone])
+}
+
+# EC2 instances: by account id, then region.
+binding := data.bindings.aws_iid[input.attestation.account_id][input.attestation.region] if {
+	input.attestation.kind == "aws_iid"
+}
+
+# The optional constraints, as one rule: the first that fails names the
+# refusal. `image_ids` and `tags` apply to EC2 instances; tags are known only
+# with attestors.aws_iid.verify_instance (without it, a binding requiring tags
+# grants nothing). `data.allowed_regions[kind]` and a namespace's image
+# signers apply whatever the binding says.
+binding_refusal := "region not allowed by the binding" if {
+	binding.regions
+	not input.attestation.region in binding.regions
+} else := "image not allowed by the binding" if {
+	binding.image_ids
+	not input.attestation.image_id in binding.image_ids
+} else := "instance tags do not match the binding" if {
+	some key, value in binding.tags
+	not input.attestation.tags[key] == value
+} else := "region not allowed for this kind of workload" if {
+	allowed := data.allowed_regions[input.attestation.kind]
+	not input.attestation.region in allowed
+} else := "outside the hours of the binding" if {
+	binding.hours
+	not within_hours
+} else := "signed images required, but the workload's images are unknown" if {
+	some _ in image_signers
+	not has_images
+} else := "an image is not signed by a required signer" if {
+	some signers in image_signers
+	some image in input.images
+	count({s | some s in image.signers; s in signers}) == 0
 }
 
 # Business hours (`hours` of a binding), in UTC from input.now: `days` by

@@ -11,10 +11,21 @@ import rego.v1
 # - string literals are never passed through a user-defined function: in
 #   rego-cpp such a string keeps its quotes (a lookup with it finds nothing).
 
-bindings := {"kubernetes": {"prod": {"payments": {
-	"agent": {"scope": ["read:db", "write:db"], "audience": ["https://db.internal"], "ttl": 600},
-	"regional": {"scope": ["read:db"], "audience": ["https://db.internal"], "regions": ["eu-west-1"]},
-}}}}
+bindings := {
+	"kubernetes": {"prod": {"payments": {
+		"agent": {"scope": ["read:db", "write:db"], "audience": ["https://db.internal"], "ttl": 600},
+		"regional": {"scope": ["read:db"], "audience": ["https://db.internal"], "regions": ["eu-west-1"]},
+		"deployer": {"audience": ["https://db.internal"], "aws": {"role_arn": "arn:aws:iam::123456789012:role/deployer"}},
+	}}},
+	"aws_iid": {"123456789012": {
+		"us-east-1": {
+			"scope": ["read:db"], "audience": ["https://db.internal"],
+			"aws": {"role_arn": "arn:aws:iam::123456789012:role/agent", "tags": {"team": "payments"}},
+		},
+		"eu-west-1": {"scope": ["read:db"], "audience": ["https://db.internal"], "image_ids": ["ami-0abc"]},
+		"eu-west-2": {"scope": ["read:db"], "audience": ["https://db.internal"], "tags": {"team": "payments", "env": "prod"}},
+	}},
+}
 
 # A verified Kubernetes attestation; tests vary it with object.union.
 payments_agent := {
@@ -176,4 +187,98 @@ test_shipped_gcp_example_binding if {
 	d := data.chit.decision with input.attestation as a
 	d.allow == true
 	d.ttl == 600
+}
+
+# --- AWS: a role in the binding; EC2 instances by account id → region ---
+
+test_binding_can_carry_an_aws_role if {
+	a := object.union(payments_agent, {"service_account": "deployer"})
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == true
+	d.aws == {"role_arn": "arn:aws:iam::123456789012:role/deployer"}
+}
+
+test_binding_without_an_aws_role_grants_none if {
+	a := payments_agent
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	not "aws" in object.keys(d)
+}
+
+# A verified EC2 instance identity document (attestors.aws_iid).
+ec2_instance := {
+	"kind": "aws_iid", "account_id": "123456789012", "region": "us-east-1",
+	"availability_zone": "us-east-1b", "instance_id": "i-0b02d936754a6d637",
+	"image_id": "ami-0abc", "instance_type": "t3.micro",
+}
+
+test_instance_is_bound_by_account_and_region if {
+	a := ec2_instance
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == true
+	d.scope == ["read:db"]
+	d.aws.role_arn == "arn:aws:iam::123456789012:role/agent"
+	d.aws.tags == {"team": "payments"}
+}
+
+test_instance_of_another_account_is_denied if {
+	a := object.union(ec2_instance, {"account_id": "210987654321"})
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+	d.reasons == ["no binding for this workload"]
+}
+
+test_instance_in_an_unbound_region_is_denied if {
+	a := object.union(ec2_instance, {"region": "ap-south-1", "availability_zone": "ap-south-1a"})
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+}
+
+test_instance_with_an_allowed_image_is_allowed if {
+	a := object.union(ec2_instance, {"region": "eu-west-1", "availability_zone": "eu-west-1a"})
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == true
+}
+
+test_instance_with_another_image_is_denied if {
+	a := object.union(ec2_instance, {"region": "eu-west-1", "availability_zone": "eu-west-1a", "image_id": "ami-0bad"})
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+	d.reasons == ["image not allowed by the binding"]
+}
+
+test_instance_with_the_required_tags_is_allowed if {
+	a := object.union(ec2_instance, {"region": "eu-west-2", "tags": {"team": "payments", "env": "prod", "x": "y"}})
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == true
+}
+
+test_instance_with_a_wrong_tag_is_denied if {
+	a := object.union(ec2_instance, {"region": "eu-west-2", "tags": {"team": "payments", "env": "dev"}})
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+	d.reasons == ["instance tags do not match the binding"]
+}
+
+test_instance_without_known_tags_is_denied_when_tags_are_required if {
+	a := object.union(ec2_instance, {"region": "eu-west-2"})
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+	d.reasons == ["instance tags do not match the binding"]
+}
+
+test_kubernetes_names_do_not_match_an_instance_binding if {
+	a := object.union(payments_agent, {"cluster": "123456789012", "namespace": "us-east-1"})
+	b := bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
 }

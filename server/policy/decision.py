@@ -105,8 +105,11 @@ class Grant:
     audience: tuple[str, ...]
 
 
-def grant(decision: Decision, scope: tuple[str, ...], targets: tuple[str, ...]) -> Grant:
-    """What the decision allows for the requested scope and targets (audience + resource)."""
+def grant(decision: Decision, scope: tuple[str, ...], targets: tuple[str, ...], *, require_audience: bool = True) -> Grant:
+    """What the decision allows for the requested scope and targets (audience + resource).
+
+    `require_audience` is false for AWS credentials: their audience is AWS, so a
+    decision may grant them without naming one."""
     reasons = "; ".join(decision.reasons)
     if not decision.allow:
         raise PolicyDenied("the exchange is not permitted", detail=reasons)
@@ -120,6 +123,6 @@ def grant(decision: Decision, scope: tuple[str, ...], targets: tuple[str, ...]) 
     if refused:
         raise PolicyDeniedTarget("a requested audience or resource is not permitted", detail=f"not in decision.audience: {refused}")
     audience = targets or decision.audience[:1]
-    if not audience:
+    if not audience and require_audience:
         raise PolicyDeniedTarget("no audience is permitted", detail="decision.audience is empty")
     return Grant(granted_scope, tuple(dict.fromkeys(audience)))

@@ -140,3 +140,47 @@ def test_config_from_the_environment(tmp_path: Path) -> None:
 def test_no_config_at_all_is_a_clear_error(tmp_path: Path) -> None:
     result = run_chit("serve", cwd=tmp_path)
     assert result.returncode == 2 and "no configuration" in result.stderr
+
+
+AWS_IID = MINIMAL + "attestors:\n  aws_iid:\n"
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        (AWS_IID + "    regions: [us-east-1, Moon-1]\n", "attestors.aws_iid.regions: 'Moon-1' is not an AWS region name"),
+        (AWS_IID + "    account_ids: ['12345']\n", "'12345' is not a 12-digit AWS account id"),
+        (AWS_IID + "    account_ids: [123456789012]\n", "attestors.aws_iid.account_ids"),
+        (AWS_IID + "    describe_roles: {'123456789012': not-an-arn}\n", "must map a 12-digit account id to an IAM role ARN"),
+        (AWS_IID + "    binding_ttl_seconds: 0\n", "attestors.aws_iid.binding_ttl_seconds"),
+        (AWS_IID + "    pkcs7: true\n", "attestors.aws_iid.pkcs7: unknown key"),
+        (MINIMAL + "aws: {endpoint_url: 'http://10.0.0.1:4566'}\n", "aws.endpoint_url: endpoint_url must be an https:// URL"),
+        (MINIMAL + "aws: {sts_mode: static_keys}\n", "aws.sts_mode"),
+        (MINIMAL + "aws: {timeout_seconds: 0}\n", "aws.timeout_seconds"),
+    ],
+    ids=["region", "account-short", "account-int", "describe-role", "binding-ttl", "unknown", "endpoint-http", "sts-mode", "timeout"],
+)
+def test_invalid_aws_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text))
+    assert key in str(error.value).replace("\n", " "), str(error.value)
+
+
+def test_aws_defaults_and_relative_certificates_dir(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, AWS_IID + "    certificates_dir: aws-certs\n"))
+    assert config.attestors.aws_iid.certificates_dir == tmp_path / "aws-certs"
+    assert config.attestors.aws_iid.enabled and not config.attestors.aws_iid.verify_instance
+    assert config.attestors.aws_iid.describe_roles == {}
+    assert (config.aws.region, config.aws.sts_mode, config.aws.timeout_seconds) == ("us-east-1", "assume_role", 5.0)
+
+
+@pytest.mark.parametrize("content", [None, b"not a certificate", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"])
+def test_serve_with_unusable_aws_certificates_stops_with_the_message(tmp_path: Path, content: bytes | None) -> None:
+    certificates = tmp_path / "aws-certs"
+    (certificates / "signature").mkdir(parents=True)
+    if content is not None:
+        (certificates / "signature" / "us-east-1.pem").write_bytes(content)
+    path = write(tmp_path, AWS_IID + "    certificates_dir: aws-certs\nsigning: {keys_dir: keys}\n")
+    result = run_chit("serve", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert str(certificates) in result.stderr and "Traceback" not in result.stderr
