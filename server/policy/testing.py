@@ -39,7 +39,7 @@ TOOLING_TIMEOUT = 10.0  # seconds per OPA request: a person waits, not an exchan
 _TEST_RULE = re.compile(r"^(test_[A-Za-z0-9_]*)\b", re.MULTILINE)
 # A rule head at the start of a line (functions, with "(", are left out).
 _RULE_HEAD = re.compile(r"^(?:default\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*(?::=|=|\bif\b|\bcontains\b|\{|\[)", re.MULTILINE)
-_BRANCH_HEAD = re.compile(r"^(?:default\s+)?decision\b|^\}\s*else\b")
+_BRANCH_HEAD = re.compile(r"^(?:default\s+)?\w+\s*:?=|^\}\s*else\b")
 _KEYWORDS = frozenset({"package", "import", "default", "else", "not", "some", "every"})
 
 
@@ -187,7 +187,7 @@ def rule_locations(modules: dict[str, str], package: str = "chit") -> dict[str, 
 
 
 def deciding_branch(modules: dict[str, str], reasons: list[str], package: str = "chit") -> str | None:
-    """The head (`decision …` or `} else …`) of the branch whose source writes the
+    """The head (`rule :=` or `} else :=`) of the branch whose source writes the
     decision's first reason as a string literal, as "module:line"."""
     for reason in reasons[:1]:
         literal = json.dumps(reason)
