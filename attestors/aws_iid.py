@@ -44,12 +44,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
+import httpx
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
-import httpx
 
 from attestors import (
     TOKEN_TYPE_AWS_IID,
@@ -535,18 +534,20 @@ def instance_nonce(path: Path) -> str:
 
 def _read_nonce(path: Path) -> str:
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # FileNotFoundError: the caller creates it
     except FileNotFoundError:
         raise
-    except OSError as error:
+    except OSError as error:  # ELOOP: a symbolic link
         raise CollectionFailed(f"cannot read the nonce file {path}: {error.strerror}") from None
-    with os.fdopen(descriptor, "rb") as file:
-        status = os.fstat(file.fileno())
+    try:
+        status = os.fstat(descriptor)
         # Anyone who reads the nonce can exchange this instance's document (which every
         # process on the instance can read) for its credentials.
         if not stat.S_ISREG(status.st_mode) or status.st_uid != os.geteuid() or status.st_mode & 0o077:
             raise CollectionFailed(f"the nonce file {path} must be a regular file of this user's with mode 0600")
-        nonce = file.read(256).decode("ascii", errors="replace").strip()
+        nonce = os.read(descriptor, 256).decode("ascii", errors="replace").strip()
+    finally:
+        os.close(descriptor)
     if not NONCE.fullmatch(nonce):
         raise CollectionFailed(f"the nonce file {path} does not hold a nonce (16-128 printable ASCII characters, no spaces)")
     return nonce

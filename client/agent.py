@@ -8,8 +8,9 @@ What a consumer can rely on:
   `REMOVE_BEFORE_EXPIRY` seconds before its credential expires if renewal has
   not succeeded by then, and it removes its files at start (an earlier run may
   have left stale ones) and at exit (nothing would keep them fresh);
-- renewal at about 80 % of each credential's lifetime (75–85 %, jittered so that
-  pods started together do not renew together); a failure is retried with
+- renewal at about 80 % of the time each credential may stay in its file
+  (75–85 % of its lifetime less `REMOVE_BEFORE_EXPIRY`, jittered so that pods
+  started together do not renew together); a failure is retried with
   jittered exponential backoff (1 s doubling to 30 s, and at least as long as
   chit's Retry-After);
 - log lines (stderr) say which file was renewed, with what, until when — never
@@ -40,7 +41,7 @@ from client.exchange import ExchangeError, ExchangeRequest, IssuedCredential, To
 log = logging.getLogger("chit.agent")
 
 REMOVE_BEFORE_EXPIRY = 2.0
-RENEW_AT = (0.75, 0.85)  # of the remaining lifetime when issued
+RENEW_AT = (0.75, 0.85)  # of the time a credential may stay in its file
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 
@@ -187,7 +188,7 @@ class Agent:
                     outcome = ExchangeError("temporarily_unavailable", f"cannot write {path}: {error.strerror}", temporary=True)
                 else:
                     kept.expires_at, kept.failures = outcome.expires_at, 0
-                    kept.due = now + remaining * self.rng.uniform(*RENEW_AT)
+                    kept.due = now + (remaining - REMOVE_BEFORE_EXPIRY) * self.rng.uniform(*RENEW_AT)
                     log.info(
                         "renewed %s: %s, valid until %s (%.0f s); next renewal in %.0f s",
                         path, kept.spec.request.describe(), when(outcome.expires_at), remaining, kept.due - now,

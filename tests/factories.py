@@ -536,6 +536,25 @@ class ChitServer:
         return header, claims
 
 
+# The variables `chit exchange` / `chit agent` read defaults from: tests pass them explicitly.
+CLIENT_ENV_VARIABLES = ("CHIT_URL", "CHIT_SUBJECT_TOKEN_FILE", "KUBERNETES_SERVICE_HOST", "AWS_EC2_METADATA_SERVICE_ENDPOINT", "GCE_METADATA_HOST")
+
+
+def chit_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "server", *args]
+
+
+def client_env(**variables: str) -> dict[str, str]:
+    """This process's environment without the client's own variables, plus `variables`."""
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_VARIABLES}
+    return {**env, "PYTHONPATH": str(ROOT), **variables}
+
+
+def run_chit(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`chit ARGS…` as a user runs it: a process, its exit code, stdout and stderr."""
+    return subprocess.run(chit_command(*args), capture_output=True, text=True, timeout=timeout, env=client_env(**(env or {})), cwd=ROOT)
+
+
 def copy_policy(destination: Path, data: dict[str, Any] | None = None, rego: dict[str, str] | None = None) -> Path:
     """The shipped policy (without its tests), with `data` as its data.json."""
     shutil.copytree(ROOT / "policies", destination, ignore=shutil.ignore_patterns("*_test.rego", "*.md"))
