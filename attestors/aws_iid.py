@@ -584,7 +584,7 @@ class AwsIidCollector(Collector):
         except httpx.TransportError as error:
             raise PlatformAbsent(
                 f"no EC2 instance metadata service at {self.imds_url} ({type(error).__name__}; "
-                "in a container, the instance's metadata hop limit must be at least 2)"
+                "from a container, IMDSv2 answers only with a hop limit of 2 or more)"
             ) from None
         if response.status_code != 200 or not response.text:
             raise CollectionFailed(f"IMDSv2 refused a session token: HTTP {response.status_code} {printable(response.text)}")
