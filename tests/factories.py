@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -553,6 +554,38 @@ def client_env(**variables: str) -> dict[str, str]:
 def run_chit(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """`chit ARGS…` as a user runs it: a process, its exit code, stdout and stderr."""
     return subprocess.run(chit_command(*args), capture_output=True, text=True, timeout=timeout, env=client_env(**(env or {})), cwd=ROOT)
+
+
+class AgentProcess:
+    """`chit agent ARGS…` in a subprocess, its stdout and stderr in files."""
+
+    def __init__(self, directory: Path, *args: str):
+        self.stdout, self.stderr = directory / "agent.stdout", directory / "agent.stderr"
+        with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
+            self.process = subprocess.Popen(chit_command("agent", *args), stdout=out, stderr=err, env=client_env(), cwd=ROOT)
+
+    def log(self) -> str:
+        return self.stderr.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 30) -> None:
+        wait_until(lambda: text in self.log(), timeout, f"{text!r} in the agent's log", self)
+
+    def terminate(self, timeout: float = 10) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, agent: AgentProcess | None = None) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"waited {timeout} s for {what}" + (f"; agent log:\n{agent.log()}" if agent else ""))
+        time.sleep(0.05)
 
 
 def copy_policy(destination: Path, data: dict[str, Any] | None = None, rego: dict[str, str] | None = None) -> Path:

@@ -9,7 +9,15 @@ from typing import Any, Iterator
 import pytest
 
 from tests.conftest import AwsRegions
-from tests.factories import ChitServer, DocumentServer, GcpMetadataStandIn, GoogleSigner, ImdsStandIn, MotoServer, copy_policy
+from tests.factories import (
+    ChitServer,
+    DocumentServer,
+    GcpMetadataStandIn,
+    GoogleSigner,
+    ImdsStandIn,
+    MotoServer,
+    copy_policy,
+)
 
 DB = "https://db.internal"
 CACHE = "https://cache.internal"

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,49 +22,16 @@ from client.cli import parse_file_spec
 from tests.client.conftest import CACHE, DB
 from tests.conftest import TEST_BINDINGS, cluster_config
 from tests.factories import (
-    ROOT,
+    AgentProcess,
     ChitServer,
     ClusterIssuer,
     DocumentServer,
     HangingServer,
-    chit_command,
-    client_env,
     closed_port_url,
     copy_policy,
     run_chit,
+    wait_until,
 )
-
-
-class Agent:
-    """`chit agent ARGS…` in a subprocess, its stdout and stderr in files."""
-
-    def __init__(self, directory: Path, *args: str):
-        self.stdout, self.stderr = directory / "agent.stdout", directory / "agent.stderr"
-        with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
-            self.process = subprocess.Popen(chit_command("agent", *args), stdout=out, stderr=err, env=client_env(), cwd=ROOT)
-
-    def log(self) -> str:
-        return self.stderr.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = 30) -> None:
-        wait_until(lambda: text in self.log(), timeout, f"{text!r} in the agent's log", self)
-
-    def terminate(self, timeout: float = 10) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, agent: Agent | None = None) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        if time.time() > deadline:
-            raise AssertionError(f"waited {timeout} s for {what}" + (f"; agent log:\n{agent.log()}" if agent else ""))
-        time.sleep(0.05)
 
 
 @dataclass
@@ -167,7 +132,7 @@ def test_files_stay_fresh_across_lifetimes_and_an_outage(short_lived_chit: ChitS
     subject = prod_issuer.token()
     (tmp_path / "token").write_text(subject)
     out = tmp_path / "run" / "chit"
-    agent = Agent(
+    agent = AgentProcess(
         tmp_path, "--server", chit.url, "--kubernetes", "--subject-token-file", str(tmp_path / "token"),
         "--audience", DB, "--scope", "read:db",
         "--file", str(out / "db.token"),
@@ -214,7 +179,7 @@ def test_without_chit_nothing_is_written_and_a_stale_file_goes(prod_issuer: Clus
     (tmp_path / "token").write_text(prod_issuer.token())
     stale = tmp_path / "db.token"
     stale.write_text("a token an earlier run left behind")
-    agent = Agent(tmp_path, "--server", closed_port_url(), "--subject-token-file", str(tmp_path / "token"), "--file", str(stale))
+    agent = AgentProcess(tmp_path, "--server", closed_port_url(), "--subject-token-file", str(tmp_path / "token"), "--file", str(stale))
     try:
         agent.wait_for_log("failed (2 in a row): temporarily_unavailable")
         assert not stale.exists()
@@ -227,7 +192,7 @@ def test_without_chit_nothing_is_written_and_a_stale_file_goes(prod_issuer: Clus
 def test_sigterm_does_not_wait_for_a_hanging_chit(prod_issuer: ClusterIssuer, tmp_path: Path) -> None:
     (tmp_path / "token").write_text(prod_issuer.token())
     hanging = HangingServer()
-    agent = Agent(tmp_path, "--server", hanging.url, "--timeout", "120", "--subject-token-file", str(tmp_path / "token"), "--file", str(tmp_path / "t"))
+    agent = AgentProcess(tmp_path, "--server", hanging.url, "--timeout", "120", "--subject-token-file", str(tmp_path / "token"), "--file", str(tmp_path / "t"))
     try:
         agent.wait_for_log("keeping 1 file(s) fresh")
         time.sleep(0.5)  # the exchange is under way and will not be answered
@@ -242,7 +207,7 @@ def test_sigterm_does_not_wait_for_a_hanging_chit(prod_issuer: ClusterIssuer, tm
 def test_a_refused_file_does_not_hold_up_the_others(chit: ChitServer, prod_issuer: ClusterIssuer, tmp_path: Path) -> None:
     (tmp_path / "token").write_text(prod_issuer.token())
     good, refused = tmp_path / "good.token", tmp_path / "refused.token"
-    agent = Agent(tmp_path, "--server", chit.url, "--subject-token-file", str(tmp_path / "token"),
+    agent = AgentProcess(tmp_path, "--server", chit.url, "--subject-token-file", str(tmp_path / "token"),
                   "--file", f"{good},audience={DB}", "--file", f"{refused},scope=admin")
     try:
         agent.wait_for_log(f"renewing {refused} failed (1 in a row): invalid_scope")
@@ -264,7 +229,7 @@ def test_a_credential_too_short_lived_to_keep_is_never_written(tmp_path: Path, d
     }
     chit = ChitServer(tmp_path / "chit", config).start()
     (tmp_path / "token").write_text(prod_issuer.token())
-    agent = Agent(tmp_path, "--server", chit.url, "--subject-token-file", str(tmp_path / "token"), "--file", str(tmp_path / "t"))
+    agent = AgentProcess(tmp_path, "--server", chit.url, "--subject-token-file", str(tmp_path / "token"), "--file", str(tmp_path / "t"))
     try:
         agent.wait_for_log("failed (2 in a row): invalid_request: chit issued a credential that expires in")
         assert not (tmp_path / "t").exists()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import boto3
+import botocore.exceptions
 import google.auth.transport.requests
 import pytest
 from google.auth import identity_pool
@@ -17,7 +18,16 @@ from google.auth import identity_pool
 from server.sts import role_session_name
 from tests.client.conftest import DB
 from tests.conftest import ROLE_AGENT
-from tests.factories import CLIENT_ENV_VARIABLES, MOTO_ACCOUNT, ChitServer, ClusterIssuer, ImdsStandIn, MotoServer
+from tests.factories import (
+    CLIENT_ENV_VARIABLES,
+    MOTO_ACCOUNT,
+    AgentProcess,
+    ChitServer,
+    ClusterIssuer,
+    ImdsStandIn,
+    MotoServer,
+    wait_until,
+)
 
 
 def installed_chit() -> Path:
@@ -27,18 +37,23 @@ def installed_chit() -> Path:
     return script
 
 
-def test_boto3_profile_with_chit_as_credential_process_calls_sts(
-    aws_chit: ChitServer, imds: ImdsStandIn, ec2_instance: dict, moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    command = [str(installed_chit()), "exchange", "--server", aws_chit.url, "--aws", "--imds-url", imds.url,
-               "--nonce-file", str(tmp_path / "nonce"), "--output", "credential-process"]
-    config = tmp_path / "aws-config"
+def aws_profile(command: list[str], directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """~/.aws/config with profile `chit` running `command`, and nothing else AWS SDKs could use."""
+    config = directory / "aws-config"
     config.write_text(f"[profile chit]\nregion = us-east-1\ncredential_process = {shlex.join(command)}\n")
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", *CLIENT_ENV_VARIABLES):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def test_boto3_profile_with_chit_as_credential_process_calls_sts(
+    aws_chit: ChitServer, imds: ImdsStandIn, ec2_instance: dict, moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    command = [str(installed_chit()), "exchange", "--server", aws_chit.url, "--aws", "--imds-url", imds.url,
+               "--nonce-file", str(tmp_path / "nonce"), "--output", "credential-process"]
+    aws_profile(command, tmp_path, monkeypatch)
 
     session = boto3.Session(profile_name="chit")
     identity = session.client("sts", endpoint_url=moto.url).get_caller_identity()
@@ -47,6 +62,27 @@ def test_boto3_profile_with_chit_as_credential_process_calls_sts(
     assert identity["Arn"] == f"arn:aws:sts::{MOTO_ACCOUNT}:assumed-role/agent/{role_session_name(subject)}"
     assert session.get_credentials().method == "custom-process"
     assert [r.form["RoleSessionName"] for r in moto.requests("AssumeRole") if r.form["RoleArn"] == ROLE_AGENT][-1] == role_session_name(subject)
+
+
+def test_boto3_reads_the_credentials_the_sidecar_keeps(
+    aws_chit: ChitServer, prod_issuer: ClusterIssuer, moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's advice for busy SDK users: credential_process = cat FILE."""
+    (tmp_path / "token").write_text(prod_issuer.token(service_account="deployer"))
+    credentials = tmp_path / "aws.json"
+    agent = AgentProcess(tmp_path, "--server", aws_chit.url, "--subject-token-file", str(tmp_path / "token"),
+                  "--file", f"{credentials},token-type=aws-credentials")
+    try:
+        wait_until(credentials.exists, 30, "the credentials file", agent)
+        aws_profile(["cat", str(credentials)], tmp_path, monkeypatch)
+        identity = boto3.Session(profile_name="chit").client("sts", endpoint_url=moto.url).get_caller_identity()
+        assert identity["Arn"].startswith(f"arn:aws:sts::{MOTO_ACCOUNT}:assumed-role/deployer/k8s.prod.ns.payments.sa.deployer.")
+        assert agent.terminate() == 0
+    finally:
+        agent.kill()
+    # No agent, no file: the SDK gets no credentials rather than stale ones.
+    with pytest.raises(botocore.exceptions.CredentialRetrievalError):
+        boto3.Session(profile_name="chit").client("sts", endpoint_url=moto.url).get_caller_identity()
 
 
 def test_google_auth_external_account_refreshes_from_chit(chit: ChitServer, prod_issuer: ClusterIssuer, tmp_path: Path) -> None:
