@@ -180,7 +180,6 @@ class KubernetesVerifier(JwtVerifier):
                 await cluster.api.close()
 
 
-
 # --- the collector (client side) -------------------------------------------------------
 
 # Where deploy/examples/agent.yaml mounts the projected token (a serviceAccountToken

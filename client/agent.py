@@ -33,7 +33,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from attestors import CollectionFailed, Collector, PlatformAbsent
 from client.exchange import ExchangeError, ExchangeRequest, IssuedCredential, TokenEndpoint, render
@@ -99,20 +98,11 @@ Outcome = IssuedCredential | ExchangeError | PlatformAbsent | CollectionFailed
 
 
 class Agent:
-    def __init__(
-        self,
-        collector: Collector,
-        endpoint: TokenEndpoint,
-        specs: list[FileSpec],
-        *,
-        clock: Callable[[], float] = time.time,
-        rng: random.Random | None = None,
-    ):
+    def __init__(self, collector: Collector, endpoint: TokenEndpoint, specs: list[FileSpec]):
         self.collector = collector
         self.endpoint = endpoint
         self.files = [KeptFile(spec) for spec in specs]
-        self.clock = clock
-        self.rng = rng or random.Random()
+        self.rng = random.Random()
         # SimpleQueue.put is reentrant: the signal handler may call it at any point.
         self.events: queue.SimpleQueue[tuple[str, KeptFile | None, Outcome | None]] = queue.SimpleQueue()
 
@@ -137,12 +127,12 @@ class Agent:
     def _loop(self) -> None:
         in_flight: KeptFile | None = None
         while True:
-            now = self.clock()
+            now = time.time()
             for kept in self.files:
                 if kept.expires_at is not None and now >= kept.expires_at - REMOVE_BEFORE_EXPIRY:
                     remove_file(kept.spec.path)
+                    log.warning("removed %s: its credential expires at %s and renewal has not succeeded", kept.spec.path, when(kept.expires_at))
                     kept.expires_at = None
-                    log.warning("removed %s: its credential expires at %s and renewal has not succeeded", kept.spec.path, when(now + REMOVE_BEFORE_EXPIRY))
             deadlines = [k.expires_at - REMOVE_BEFORE_EXPIRY for k in self.files if k.expires_at is not None]
             if in_flight is None:
                 next_up = min(self.files, key=lambda k: k.due)
@@ -174,7 +164,7 @@ class Agent:
         self.events.put(("attempt", kept, outcome))
 
     def _settle(self, kept: KeptFile, outcome: Outcome) -> None:
-        now = self.clock()
+        now = time.time()
         path = kept.spec.path
         if isinstance(outcome, IssuedCredential):
             remaining = outcome.expires_at - now

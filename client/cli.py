@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from attestors import CollectionFailed, PlatformAbsent
+from attestors import CollectionFailed, Collector, PlatformAbsent
 from attestors.aws_iid import DEFAULT_NONCE_FILE, IMDS_URL
 from attestors.gcp import METADATA_URL
 from attestors.kubernetes import DEFAULT_TOKEN_FILE
+from client.agent import Agent, FileSpec
 from client.collect import CollectorSettings, build_collector
 from client.exchange import OUTPUTS, REQUEST_TIMEOUT, TOKEN_TYPES, ExchangeError, ExchangeRequest, TokenEndpoint, render
 
@@ -102,7 +103,7 @@ def _request(audience: list[str], scope: list[str], token_type: str) -> Exchange
     return ExchangeRequest(audience=tuple(audience), scope=_scopes(scope), requested_token_type=TOKEN_TYPES[token_type])
 
 
-def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Any, TokenEndpoint]:
+def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Collector, TokenEndpoint]:
     if not args.server:
         parser.error(f"--server URL is required (or set ${SERVER_ENV})")
     settings = CollectorSettings(
@@ -158,9 +159,7 @@ def parse_file_spec(value: str) -> tuple[Path, dict[str, list[str]]]:
     return Path(path), options
 
 
-def file_specs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Any]:
-    from client.agent import FileSpec
-
+def file_specs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[FileSpec]:
     specs = []
     for path, options in args.file:
         token_type = options.get("token-type", [args.token_type])[0]
@@ -182,8 +181,6 @@ def file_specs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> lis
 
 
 def cmd_agent(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    from client.agent import Agent
-
     specs = file_specs(parser, args)
     collector, endpoint = _prepare(parser, args)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -10,8 +10,6 @@ from attestors.aws_iid import DEFAULT_NONCE_FILE, IMDS_URL, AwsIidCollector
 from attestors.gcp import METADATA_URL, GcpCollector
 from attestors.kubernetes import DEFAULT_TOKEN_FILE, KubernetesCollector
 
-PLATFORMS = ("auto", "kubernetes", "aws", "gcp")
-
 
 @dataclass(frozen=True, slots=True)
 class CollectorSettings:
