@@ -14,6 +14,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY server ./server
 COPY attestors ./attestors
+COPY client ./client
 COPY policies ./policies
 RUN python -m venv /opt/chit \
  && /opt/chit/bin/pip install --no-cache-dir . \

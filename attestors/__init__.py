@@ -1,10 +1,15 @@
 """Attestors: one module per platform, each with the verifier chit runs and the
-collector an agent runs, behind the small interface below.
+collector an agent runs, behind the small interfaces below.
 
 A verifier turns a subject token into an `Attestation` — the verified facts
 about where a workload runs — or raises `InvalidEvidence` (the token proves
 nothing: 400) or `EvidenceUnavailable` (a check could not be made: 503).
 Nothing a verifier has not verified ever goes into an Attestation.
+
+A collector, on the workload's machine, fetches the evidence its verifier
+reads — a `SubjectToken` — or raises `PlatformAbsent` (this is not that
+platform: nothing answered) or `CollectionFailed` (the platform is here but did
+not hand its evidence over).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol
+
+import httpx
 
 if TYPE_CHECKING:
     from attestors.jose import CompactJws
@@ -123,3 +130,58 @@ class DocumentVerifier(Verifier):
     @abstractmethod
     async def verify(self, subject_token: str, now: float) -> Attestation:
         """Verify a subject token of `token_type`."""
+
+
+# --- the client half ---------------------------------------------------------------------
+
+
+class PlatformAbsent(Exception):
+    """The platform a collector serves is not where this runs (no token file, no
+    metadata service answering); the message says where it looked."""
+
+
+class CollectionFailed(Exception):
+    """The platform is here but did not hand over its evidence; the message says why
+    (never with token material)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectToken:
+    """Evidence as RFC 8693 sends it: `subject_token` and `subject_token_type`."""
+
+    value: str = field(repr=False)
+    token_type: str
+
+
+class Collector(ABC):
+    """The client half of an attestor: fetches this platform's evidence, fresh for
+    every exchange (projected tokens rotate, identity tokens expire)."""
+
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def collect(self) -> SubjectToken:
+        """This workload's evidence; `PlatformAbsent` or `CollectionFailed` otherwise."""
+
+
+# Metadata services answer in milliseconds on their platform; off it, a connection
+# to a link-local address may hang, so giving up after a second says "not here".
+METADATA_CONNECT_TIMEOUT = 1.0
+METADATA_READ_TIMEOUT = 5.0
+
+
+def metadata_client() -> httpx.Client:
+    """An HTTP client for a platform's metadata service: short timeouts, no redirects,
+    and never through a proxy from the environment (the identity documents are for
+    this machine alone, and the service only answers local requests)."""
+    return httpx.Client(
+        trust_env=False,
+        follow_redirects=False,
+        timeout=httpx.Timeout(METADATA_READ_TIMEOUT, connect=METADATA_CONNECT_TIMEOUT),
+    )
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """A remote service's error text made safe for a terminal or a log line."""
+    cleaned = "".join(c if c.isprintable() else " " for c in text[:limit]).strip()
+    return cleaned + ("…" if len(text) > limit else "")

@@ -9,10 +9,11 @@ caller: the issuer, the algorithm, an audience that is always given, the
 validity window and lifetime cap, and the `google.compute_engine` claims that
 name the instance.
 
-Client side (the collector an agent runs, issue #6) belongs at the end of this
-module: a GET of
+Client side (`GcpCollector`, the collector an agent runs): a GET of
 `http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/identity?audience=AUDIENCE&format=full`
-with the header `Metadata-Flavor: Google`.
+with the header `Metadata-Flavor: Google`; the answer is the identity token,
+sent as subject_token with subject_token_type
+urn:ietf:params:oauth:token-type:jwt.
 """
 
 from __future__ import annotations
@@ -32,7 +33,19 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from attestors import Attestation, EvidenceUnavailable, InvalidEvidence, JwtVerifier
+from attestors import (
+    TOKEN_TYPE_JWT,
+    Attestation,
+    CollectionFailed,
+    Collector,
+    EvidenceUnavailable,
+    InvalidEvidence,
+    JwtVerifier,
+    PlatformAbsent,
+    SubjectToken,
+    metadata_client,
+    printable,
+)
 from attestors.jose import LEEWAY_SECONDS, CompactJws, algorithm_for_key, check_validity_window
 from attestors.jwks import REFRESH_AFTER, RemoteKeySource, VerificationKey, fetch_json_response, http_client
 from server.config import GCP_PROJECT_ID, GcpAttestor
@@ -341,6 +354,40 @@ class GcpVerifier(JwtVerifier):
 
 
 # --- the collector (client side) -----------------------------------------------------
-# Issue #6: fetch the identity token from the metadata server (see the module
-# docstring) and hand it over as subject_token with subject_token_type
-# urn:ietf:params:oauth:token-type:jwt.
+
+METADATA_URL = "http://metadata.google.internal"
+IDENTITY_PATH = "/computeMetadata/v1/instance/service-accounts/default/identity"
+# Google's metadata server answers with this header; a server that does not is not it.
+METADATA_FLAVOR = "Google"
+
+
+class GcpCollector(Collector):
+    """A Compute Engine identity token for `audience` (chit's: by default its issuer URL,
+    see `gcp.audiences`), in the full format that names the instance."""
+
+    kind = KIND
+
+    def __init__(self, audience: str, metadata_url: str = METADATA_URL):
+        self.audience = audience
+        self.metadata_url = metadata_url.rstrip("/")
+
+    def collect(self) -> SubjectToken:
+        url = self.metadata_url + IDENTITY_PATH
+        try:
+            with metadata_client() as client:
+                response = client.get(
+                    url,
+                    params={"audience": self.audience, "format": "full"},
+                    headers={"Metadata-Flavor": METADATA_FLAVOR},
+                )
+        except httpx.TransportError as error:
+            raise PlatformAbsent(f"no GCP metadata server at {self.metadata_url} ({type(error).__name__})") from None
+        if response.headers.get("Metadata-Flavor") != METADATA_FLAVOR:
+            raise PlatformAbsent(f"{self.metadata_url} answered, but not as Google's metadata server (no Metadata-Flavor: Google)")
+        if response.status_code != 200:
+            # e.g. 404 when the VM has no service account: the body is Google's explanation.
+            raise CollectionFailed(f"the GCP metadata server refused an identity token: HTTP {response.status_code} {printable(response.text)}")
+        token = response.text.strip()
+        if token.count(".") != 2 or not token.isascii() or not token.isprintable():
+            raise CollectionFailed("the GCP metadata server's answer is not an identity token")
+        return SubjectToken(token, TOKEN_TYPE_JWT)

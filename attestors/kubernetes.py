@@ -6,6 +6,10 @@ whose keys alone may verify it. Only pod-bound projected tokens are evidence
 expire and are refused. A cluster may also have its API server vouch for each
 token (`token_review`) and for the pod (`pod_lookup`, which also reports the
 pod's container images); clusters that enable neither cost nothing extra.
+
+Client side (`KubernetesCollector`): the kubelet writes a projected token with
+chit's audience into the pod and rotates it; the collector reads that file
+afresh for every exchange.
 """
 
 from __future__ import annotations
@@ -13,9 +17,19 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
-from attestors import Attestation, InvalidEvidence, JwtVerifier
+from attestors import (
+    TOKEN_TYPE_JWT,
+    Attestation,
+    CollectionFailed,
+    Collector,
+    InvalidEvidence,
+    JwtVerifier,
+    PlatformAbsent,
+    SubjectToken,
+)
 from attestors.jose import CompactJws, audiences, check_validity_window, verify_signature
 from attestors.jwks import FileKeySource, KeySource, RemoteKeySource, http_client
 from attestors.kubernetes_api import ClusterApi
@@ -165,3 +179,32 @@ class KubernetesVerifier(JwtVerifier):
             if cluster.api is not None:
                 await cluster.api.close()
 
+
+# --- the collector (client side) -------------------------------------------------------
+
+# Where deploy/examples/agent.yaml mounts the projected token (a serviceAccountToken
+# volume source with chit's audience); not the default service-account token, whose
+# audience is the API server.
+DEFAULT_TOKEN_FILE = Path("/var/run/secrets/chit/token")
+MAX_TOKEN_FILE_BYTES = 64 * 1024
+
+
+class KubernetesCollector(Collector):
+    kind = KIND
+
+    def __init__(self, token_file: Path = DEFAULT_TOKEN_FILE):
+        self.token_file = token_file
+
+    def collect(self) -> SubjectToken:
+        try:
+            with self.token_file.open("rb") as file:
+                raw = file.read(MAX_TOKEN_FILE_BYTES + 1)
+        except FileNotFoundError:
+            raise PlatformAbsent(f"no Kubernetes token file at {self.token_file}") from None
+        except OSError as error:
+            raise CollectionFailed(f"cannot read the Kubernetes token file {self.token_file}: {error.strerror}") from None
+        token = raw.decode("ascii", errors="replace").strip()
+        # The kubelet writes a compact JWS; anything else is the wrong file.
+        if len(raw) > MAX_TOKEN_FILE_BYTES or token.count(".") != 2 or not token.isascii() or not token.isprintable():
+            raise CollectionFailed(f"{self.token_file} does not hold a service-account token (a JWT)")
+        return SubjectToken(token, TOKEN_TYPE_JWT)

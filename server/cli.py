@@ -366,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("instance_id", metavar="ID", help="EC2 instance id")
     forget.set_defaults(handler=cmd_aws_forget_instance)
 
+    from client.cli import add_client_commands
+
+    add_client_commands(commands, os.environ)
+
     config = commands.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)
     with_config(config.add_parser("check", help="validate a configuration and compile its policy")).set_defaults(
         handler=cmd_config_check

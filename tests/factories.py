@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -314,6 +315,128 @@ class DocumentServer:
         self.httpd.server_close()
 
 
+# --- stand-ins for the platforms' metadata services --------------------------------------
+
+
+@dataclass
+class MetadataRequest:
+    method: str
+    path: str  # without the query
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # names in lower case
+
+
+class MetadataStandIn:
+    """A platform's metadata service on 127.0.0.1: `answer` (per subclass) gives the
+    real service's status, headers and body; every request is recorded."""
+
+    def __init__(self) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        self.requests: list[MetadataRequest] = []
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def handle_request(self) -> None:
+                parts = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                request = MetadataRequest(self.command, parts.path, parse_qs(parts.query), {k.lower(): v for k, v in self.headers.items()})
+                stand_in.requests.append(request)
+                status, headers, body = stand_in.answer(request)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = handle_request  # noqa: N815
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def answer(self, request: MetadataRequest) -> tuple[int, dict[str, str], bytes]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ImdsStandIn(MetadataStandIn):
+    """EC2's instance metadata service with IMDSv2 required (HttpTokens: required):
+    `PUT /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds` (1-21600)
+    answers a session token; every GET needs a live one in `X-aws-ec2-metadata-token`,
+    else 401; a PUT carrying `X-Forwarded-For` is refused (403) — as IMDS does."""
+
+    TOKEN_PATH = "/latest/api/token"
+    IDENTITY = "/latest/dynamic/instance-identity/"
+
+    def __init__(self, document: str, signature: str, rsa2048: str | None = None):
+        self.bodies = {"document": document, "signature": signature, "rsa2048": rsa2048}
+        self.sessions: dict[str, float] = {}
+        super().__init__()
+
+    def answer(self, request: MetadataRequest) -> tuple[int, dict[str, str], bytes]:
+        import secrets
+
+        text = {"Content-Type": "text/plain", "Server": "EC2ws"}
+        if request.path == self.TOKEN_PATH:
+            if request.method != "PUT":
+                return 405, text, b"Method Not Allowed"
+            if "x-forwarded-for" in request.headers:
+                return 403, text, b"Forbidden"
+            ttl = request.headers.get("x-aws-ec2-metadata-token-ttl-seconds", "")
+            if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
+                return 400, text, b"Bad Request"
+            session = secrets.token_urlsafe(42)
+            self.sessions[session] = time.time() + int(ttl)
+            return 200, {**text, "X-aws-ec2-metadata-token-ttl-seconds": ttl}, session.encode()
+        if self.sessions.get(request.headers.get("x-aws-ec2-metadata-token", ""), 0) < time.time():
+            return 401, text, b"Unauthorized"
+        if request.method != "GET":
+            return 405, text, b"Method Not Allowed"
+        name = request.path.removeprefix(self.IDENTITY) if request.path.startswith(self.IDENTITY) else None
+        body = self.bodies.get(name) if name else None
+        if body is None:
+            return 404, text, b"Not Found"
+        return 200, text, body.encode()
+
+
+class GcpMetadataStandIn(MetadataStandIn):
+    """Compute Engine's metadata server: every request needs `Metadata-Flavor: Google`
+    and no `X-Forwarded-For` (else 403), every answer carries `Metadata-Flavor: Google`;
+    the default service account's `identity?audience=A&format=full|standard` is an
+    identity token for A from `signer`. Without a service account (`service_account=False`): 404."""
+
+    IDENTITY = "/computeMetadata/v1/instance/service-accounts/default/identity"
+
+    def __init__(self, signer: GoogleSigner, *, service_account: bool = True):
+        self.signer = signer
+        self.service_account = service_account
+        super().__init__()
+
+    def answer(self, request: MetadataRequest) -> tuple[int, dict[str, str], bytes]:
+        headers = {"Metadata-Flavor": "Google", "Content-Type": "application/text", "Server": "Metadata Server for VM"}
+        if request.headers.get("metadata-flavor") != "Google" or "x-forwarded-for" in request.headers:
+            body = f"Your client does not have permission to get URL {request.path} from this server. Missing Metadata-Flavor:Google header."
+            return 403, {**headers, "Content-Type": "text/html"}, body.encode()
+        if request.path != self.IDENTITY or not self.service_account:
+            return 404, {**headers, "Content-Type": "text/html"}, f"The requested URL {request.path} was not found on this server.".encode()
+        audience = request.query.get("audience", [""])[0]
+        if not audience:
+            return 400, headers, b"non-empty audience parameter required"
+        token_format = request.query.get("format", ["standard"])[0]
+        return 200, headers, self.signer.token(token_format, aud=audience).encode()
+
+
 # --- a real chit server ------------------------------------------------------------
 
 
@@ -361,6 +484,12 @@ class ChitServer:
         raise RuntimeError(f"chit not ready after {timeout} s:\n{self.log()}")
 
     def stop(self) -> int | None:
+        self.terminate()
+        self.client.close()
+        return None if self.process is None else self.process.returncode
+
+    def terminate(self) -> None:
+        """Stop the process only: `start()` brings chit back on the same port (an outage)."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -368,8 +497,6 @@ class ChitServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.client.close()
-        return None if self.process is None else self.process.returncode
 
     def log(self) -> str:
         path = self.directory / "server.log"
@@ -408,6 +535,57 @@ class ChitServer:
         key = jwt.PyJWK(keys[header["kid"]])
         claims = jwt.decode(token, key, algorithms=[key.algorithm_name], audience=audience, issuer=self.url)
         return header, claims
+
+
+# The variables `chit exchange` / `chit agent` read defaults from: tests pass them explicitly.
+CLIENT_ENV_VARIABLES = ("CHIT_URL", "CHIT_SUBJECT_TOKEN_FILE", "KUBERNETES_SERVICE_HOST", "AWS_EC2_METADATA_SERVICE_ENDPOINT", "GCE_METADATA_HOST")
+
+
+def chit_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "server", *args]
+
+
+def client_env(**variables: str) -> dict[str, str]:
+    """This process's environment without the client's own variables, plus `variables`."""
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_VARIABLES}
+    return {**env, "PYTHONPATH": str(ROOT), **variables}
+
+
+def run_chit(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`chit ARGS…` as a user runs it: a process, its exit code, stdout and stderr."""
+    return subprocess.run(chit_command(*args), capture_output=True, text=True, timeout=timeout, env=client_env(**(env or {})), cwd=ROOT)
+
+
+class AgentProcess:
+    """`chit agent ARGS…` in a subprocess, its stdout and stderr in files."""
+
+    def __init__(self, directory: Path, *args: str):
+        self.stdout, self.stderr = directory / "agent.stdout", directory / "agent.stderr"
+        with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
+            self.process = subprocess.Popen(chit_command("agent", *args), stdout=out, stderr=err, env=client_env(), cwd=ROOT)
+
+    def log(self) -> str:
+        return self.stderr.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 30) -> None:
+        wait_until(lambda: text in self.log(), timeout, f"{text!r} in the agent's log", self)
+
+    def terminate(self, timeout: float = 10) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, agent: AgentProcess | None = None) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"waited {timeout} s for {what}" + (f"; agent log:\n{agent.log()}" if agent else ""))
+        time.sleep(0.05)
 
 
 def copy_policy(destination: Path, data: dict[str, Any] | None = None, rego: dict[str, str] | None = None) -> Path:

@@ -80,6 +80,42 @@ def test_agent_example_validates() -> None:
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
 
 
+def test_agent_examples_sidecar_is_chit_agent_as_its_command_line_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.cli import build_parser
+    from tests.factories import CLIENT_ENV_VARIABLES
+
+    documents = list(yaml.safe_load_all((DEPLOY / "examples" / "agent.yaml").read_text()))
+    pod = next(d for d in documents if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    (sidecar,) = pod["initContainers"]
+    (agent,) = pod["containers"]
+    assert sidecar["restartPolicy"] == "Always" and sidecar["command"] == ["chit", "agent"]  # a native sidecar
+    base = yaml.safe_load((DEPLOY / "base" / "deployment.yaml").read_text())
+    assert sidecar["image"] == container(base, "chit")["image"]
+
+    for name in CLIENT_ENV_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for variable in sidecar["env"]:
+        monkeypatch.setenv(variable["name"], variable["value"])
+    args = build_parser().parse_args(["agent", *sidecar["args"]])
+    assert args.platform == "kubernetes" and args.server == "http://chit.chit.svc.cluster.local"
+
+    mounts = {m["mountPath"]: m for m in sidecar["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    # The subject token is the projected token with chit's audience.
+    token_mount = mounts[str(args.subject_token_file.parent)]
+    (source,) = volumes[token_mount["name"]]["projected"]["sources"]
+    assert source["serviceAccountToken"]["path"] == args.subject_token_file.name
+    assert source["serviceAccountToken"]["audience"] == "chit"
+    # Each credential lives in memory, in a volume the agent container mounts read-only.
+    for path, _ in args.file:
+        volume = mounts[str(path.parent)]["name"]
+        assert volumes[volume]["emptyDir"]["medium"] == "Memory"
+        assert {"name": volume, "mountPath": str(path.parent), "readOnly": True} in agent["volumeMounts"]
+    assert sidecar["startupProbe"]["exec"]["command"] == ["test", "-s", str(args.file[0][0])]
+    # The files are 0600: both containers run as the pod's one user.
+    assert pod["securityContext"]["runAsUser"] and all("runAsUser" not in c["securityContext"] for c in (sidecar, agent))
+
+
 def test_everything_namespaced_lives_in_the_chit_namespace(overlay) -> None:
     _, objects = overlay
     for document in objects:

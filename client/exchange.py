@@ -1,0 +1,231 @@
+"""One RFC 8693 token exchange as a client: the form chit's `/token` reads
+(DESIGN.md "POST /token — request"), the credential it answers with, and that
+credential written out in the shapes its consumers read."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shlex
+import ssl
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import httpx
+import jwt
+
+from attestors import SubjectToken, printable
+from server.token_request import (
+    GRANT_TYPE_TOKEN_EXCHANGE,
+    TOKEN_TYPE_ACCESS_TOKEN,
+    TOKEN_TYPE_AWS_CREDENTIALS,
+    TOKEN_TYPE_JWT,
+)
+
+# --token-type: the requested_token_type URNs by their short names.
+TOKEN_TYPES = {
+    "access_token": TOKEN_TYPE_ACCESS_TOKEN,
+    "jwt": TOKEN_TYPE_JWT,
+    "aws-credentials": TOKEN_TYPE_AWS_CREDENTIALS,
+}
+OUTPUTS = ("token", "json", "env", "credential-process")
+REQUEST_TIMEOUT = 10.0
+AWS_CREDENTIAL_FIELDS = ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRequest:
+    """What the workload asks for; the subject token comes from a collector."""
+
+    audience: tuple[str, ...] = ()
+    scope: tuple[str, ...] = ()
+    requested_token_type: str = TOKEN_TYPE_ACCESS_TOKEN
+
+    def form(self, subject: SubjectToken) -> dict[str, Any]:
+        form: dict[str, Any] = {
+            "grant_type": GRANT_TYPE_TOKEN_EXCHANGE,
+            "subject_token": subject.value,
+            "subject_token_type": subject.token_type,
+            "requested_token_type": self.requested_token_type,
+        }
+        if self.audience:
+            form["audience"] = list(self.audience)  # repeated, RFC 8693 §2.1
+        if self.scope:
+            form["scope"] = " ".join(self.scope)
+        return form
+
+    def describe(self) -> str:
+        """For log lines: what was asked for, never a token."""
+        kind = next((name for name, urn in TOKEN_TYPES.items() if urn == self.requested_token_type), self.requested_token_type)
+        parts = [kind]
+        if self.audience:
+            parts.append("for " + " ".join(self.audience))
+        if self.scope:
+            parts.append("scope " + " ".join(self.scope))
+        return ", ".join(parts)
+
+
+class ExchangeError(Exception):
+    """An RFC 6749 §5.2 error: chit's answer, or the code chit would give for a
+    failure on the way to it. `temporary` errors are worth retrying as they are."""
+
+    def __init__(self, error: str, description: str, *, decision_id: str | None = None, retry_after: float | None = None, temporary: bool = False):
+        super().__init__(f"{error}: {description}")
+        self.error = error
+        self.description = description
+        self.decision_id = decision_id
+        self.retry_after = retry_after
+        self.temporary = temporary
+
+    def __str__(self) -> str:
+        text = f"{self.error}: {self.description}"
+        return text + (f" (decision_id {self.decision_id})" if self.decision_id else "")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCredential:
+    """A successful exchange. `expires_at` is the earliest of the server's `expires_in`
+    counted from when the request was sent and the credential's own expiry."""
+
+    access_token: str = field(repr=False)
+    issued_token_type: str
+    token_type: str
+    expires_in: int
+    expires_at: float
+    scope: str | None
+    aws_credentials: Mapping[str, Any] | None = field(repr=False)
+    response: Mapping[str, Any] = field(repr=False)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else None
+
+
+def _refusal(response: httpx.Response, url: str) -> ExchangeError:
+    """chit's error response (RFC 6749 §5.2), or what stands in front of it answered."""
+    temporary = response.status_code == 429 or response.status_code >= 500
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        decision_id = body.get("decision_id")
+        return ExchangeError(
+            printable(body["error"], 64),
+            printable(str(body.get("error_description") or "no description")),
+            decision_id=printable(decision_id, 64) if isinstance(decision_id, str) else None,
+            retry_after=_retry_after(response),
+            temporary=temporary,
+        )
+    error = "temporarily_unavailable" if temporary else "invalid_request"
+    return ExchangeError(error, f"{url} answered HTTP {response.status_code} without an OAuth error", retry_after=_retry_after(response), temporary=temporary)
+
+
+def _expiration(text: Any) -> float:
+    """AWS's `Expiration`, ISO 8601 in UTC."""
+    if not isinstance(text, str):
+        raise ValueError("Expiration is not a string")
+    moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def parse_issued(body: Any, requested_token_type: str, sent_at: float) -> IssuedCredential:
+    """The 200 answer (DESIGN.md "POST /token — success"); ValueError if it is not one."""
+    if not isinstance(body, dict):
+        raise ValueError("not a JSON object")
+    access_token, expires_in = body.get("access_token"), body.get("expires_in")
+    issued_token_type, token_type = body.get("issued_token_type"), body.get("token_type")
+    if not isinstance(access_token, str) or not access_token:
+        raise ValueError("no access_token")
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0:
+        raise ValueError("expires_in is not a positive integer")
+    if not isinstance(token_type, str) or not isinstance(issued_token_type, str):
+        raise ValueError("token_type or issued_token_type missing")
+    if (issued_token_type == TOKEN_TYPE_AWS_CREDENTIALS) != (requested_token_type == TOKEN_TYPE_AWS_CREDENTIALS):
+        raise ValueError(f"issued_token_type {issued_token_type} does not answer the request")
+    expires_at = sent_at + expires_in
+    aws_credentials = None
+    if issued_token_type == TOKEN_TYPE_AWS_CREDENTIALS:
+        aws_credentials = body.get("aws_credentials")
+        if not isinstance(aws_credentials, dict) or not all(isinstance(aws_credentials.get(k), str) for k in AWS_CREDENTIAL_FIELDS):
+            raise ValueError("aws_credentials incomplete")
+        expires_at = min(expires_at, _expiration(aws_credentials["Expiration"]))
+    else:
+        try:
+            # Not verified (resource servers do that): the expiry only decides when to renew.
+            exp = jwt.decode(access_token, options={"verify_signature": False}).get("exp")
+        except jwt.PyJWTError:
+            exp = None
+        if isinstance(exp, (int, float)) and not isinstance(exp, bool):
+            expires_at = min(expires_at, float(exp))
+    scope = body.get("scope")
+    return IssuedCredential(
+        access_token=access_token,
+        issued_token_type=issued_token_type,
+        token_type=token_type,
+        expires_in=expires_in,
+        expires_at=expires_at,
+        scope=scope if isinstance(scope, str) else None,
+        aws_credentials=aws_credentials,
+        response=body,
+    )
+
+
+class TokenEndpoint:
+    """chit's `/token` under `server_url`; the subject token travels only there."""
+
+    def __init__(self, server_url: str, *, timeout: float = REQUEST_TIMEOUT, ca_file: Path | None = None):
+        self.url = server_url.rstrip("/") + "/token"
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+        self.client = httpx.Client(timeout=timeout, verify=verify, follow_redirects=False)
+
+    def exchange(self, subject: SubjectToken, request: ExchangeRequest) -> IssuedCredential:
+        sent_at = time.time()
+        try:
+            response = self.client.post(self.url, data=request.form(subject), headers={"Accept": "application/json"})
+        except httpx.TransportError as error:
+            raise ExchangeError("temporarily_unavailable", f"{self.url} did not answer ({type(error).__name__})", temporary=True) from None
+        if response.status_code != 200:
+            raise _refusal(response, self.url)
+        try:
+            return parse_issued(response.json(), request.requested_token_type, sent_at)
+        except ValueError as error:
+            raise ExchangeError("server_error", f"{self.url} answered 200 without a usable credential: {error}", temporary=True) from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# --- the shapes a credential is written in ---------------------------------------------------
+
+
+def render(credential: IssuedCredential, output: str) -> str:
+    """`token`: the access token alone; `json`: chit's answer plus `expires_at` (Unix
+    seconds); `env`: shell `export` lines; `credential-process`: the JSON AWS SDKs
+    read from a credential_process."""
+    if output == "token":
+        return credential.access_token
+    if output == "json":
+        return json.dumps({**credential.response, "expires_at": int(credential.expires_at)})
+    aws = credential.aws_credentials
+    if output == "credential-process":
+        if aws is None:
+            raise ValueError("credential-process output needs aws-credentials")
+        return json.dumps({"Version": 1, **{k: aws[k] for k in AWS_CREDENTIAL_FIELDS}})
+    if output == "env":
+        if aws is not None:
+            variables = {
+                "AWS_ACCESS_KEY_ID": aws["AccessKeyId"],
+                "AWS_SECRET_ACCESS_KEY": aws["SecretAccessKey"],
+                "AWS_SESSION_TOKEN": aws["SessionToken"],
+                "AWS_CREDENTIAL_EXPIRATION": aws["Expiration"],
+            }
+        else:
+            variables = {"CHIT_ACCESS_TOKEN": credential.access_token, "CHIT_TOKEN_EXPIRES_AT": str(int(credential.expires_at))}
+        return "\n".join(f"export {name}={shlex.quote(value)}" for name, value in variables.items())
+    raise ValueError(f"unknown output {output!r}")
