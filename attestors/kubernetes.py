@@ -32,7 +32,6 @@ from attestors import (
 )
 from attestors.jose import CompactJws, audiences, check_validity_window, verify_signature
 from attestors.jwks import FileKeySource, KeySource, RemoteKeySource, http_client
-from attestors.kubernetes_api import ClusterApi
 from server.config import Cluster, KubernetesAttestor
 
 KIND = "kubernetes"
@@ -94,7 +93,12 @@ class ClusterTrust:
         self.issuer = config.issuer
         self.audiences = frozenset(config.audiences)
         self.keys = keys
-        self.api = ClusterApi(config) if config.token_review or config.pod_lookup else None
+        self.api = None
+        if config.token_review or config.pod_lookup:
+            # The kubernetes client is imported only by clusters that use it (it is slow to import).
+            from attestors.kubernetes_api import ClusterApi
+
+            self.api = ClusterApi(config)
 
 
 def key_source(cluster: Cluster) -> KeySource:
