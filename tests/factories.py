@@ -383,6 +383,21 @@ class ChitServer:
         form.update({k: v for k, v in fields.items() if v is not None})
         return self.client.post("/token", data=form)
 
+    def revoke(self, token: str | None, **fields: str) -> httpx.Response:
+        """RFC 7009: POST /revoke with `token` (omitted when None)."""
+        form = {"token": token, **fields} if token is not None else dict(fields)
+        return self.client.post("/revoke", data=form)
+
+    def introspect(self, token: str | None, bearer: str | None) -> httpx.Response:
+        """RFC 7662: POST /introspect with `token`, authenticated by the `bearer` token."""
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else {}
+        return self.client.post("/introspect", data={} if token is None else {"token": token}, headers=headers)
+
+    def is_active(self, token: str, bearer: str) -> bool:
+        response = self.introspect(token, bearer)
+        assert response.status_code == 200, response.text
+        return response.json()["active"]
+
     def audit_lines(self) -> list[dict[str, Any]]:
         path = self.directory / "audit.log"
         if not path.exists():
@@ -409,6 +424,17 @@ class ChitServer:
         key = jwt.PyJWK(keys[header["kid"]])
         claims = jwt.decode(token, key, algorithms=[key.algorithm_name], audience=audience, issuer=self.url)
         return header, claims
+
+
+def run_chit_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`chit ARGS…` as an operator runs it, in its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
 
 
 def copy_policy(destination: Path, data: dict[str, Any] | None = None, rego: dict[str, str] | None = None) -> Path:
