@@ -77,12 +77,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     metrics_dir = tempfile.mkdtemp(prefix="chit-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        serve(config, args)
+        start_server(config, args)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def serve(config: Config, args: argparse.Namespace) -> None:
+def start_server(config: Config, args: argparse.Namespace) -> None:
     from server.app import build_exchange
     from server.errors import OAuthError
     from server.keys import SigningKeyError
@@ -113,10 +113,8 @@ def serve(config: Config, args: argparse.Namespace) -> None:
 
 def run_uvicorn(factory: str, host: str, port: int, workers: int) -> None:
     """Serve an app factory with chit's HTTP settings (also used by the benchmarks' floors)."""
-    import uvicorn
-
     from server.http import LimitedHttpToolsProtocol
-    from server.workers import Supervisor
+    from server.workers import Supervisor, serve
 
     settings = dict(
         app=factory,
@@ -133,7 +131,7 @@ def run_uvicorn(factory: str, host: str, port: int, workers: int) -> None:
         log_config=_log_config(),
     )
     if workers <= 1:
-        uvicorn.Server(uvicorn.Config(**settings)).run()
+        serve(settings)
         return
     raise SystemExit(Supervisor(settings, host, port, workers).run())
 
