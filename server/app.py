@@ -159,8 +159,6 @@ def create_app(config: Config) -> Starlette:
             require_introspect_scope(await active_claims(exchange.keys, config.issuer, exchange.revocations, caller, now), config.issuer)
             token = await form_token(request)
             body = introspection_response(await active_claims(exchange.keys, config.issuer, exchange.revocations, token, now))
-        except StateUnavailable as error:
-            return oauth_error_response(TemporarilyUnavailable("cannot check revocations right now", detail=str(error)))
         except OAuthError as error:
             return oauth_error_response(error)
         return JSONResponse(body, headers=NO_STORE)

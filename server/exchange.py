@@ -17,9 +17,9 @@ from typing import Any
 
 from attestors import Attestation, EvidenceUnavailable, InvalidEvidence
 from attestors.routing import AttestorRouter
+from server import metrics
 from server.audit import AuditLog
 from server.config import MAX_TOKEN_TTL, Config
-from server import metrics
 from server.errors import InvalidRequest, OAuthError, PolicyDenied, TemporarilyUnavailable
 from server.keys import KeyStore, SigningKey
 from server.mint import TYP_ACCESS_TOKEN, TYP_JWT, mint_jwt

@@ -12,9 +12,10 @@ from typing import Any
 
 import jwt
 
-from server.errors import InvalidClient
+from server.errors import InvalidClient, TemporarilyUnavailable
 from server.keys import KeyStore
 from server.revocation import Revocations
+from server.state import StateUnavailable
 
 INTROSPECT_SCOPE = "chit:introspect"
 LEEWAY_SECONDS = 60  # DESIGN.md "Leeway": on nbf/iat only; replicas' clocks differ a little
@@ -51,11 +52,16 @@ def verify_own_token(keys: KeyStore, issuer: str, token: str, now: float) -> dic
 
 
 async def active_claims(keys: KeyStore, issuer: str, revocations: Revocations, token: str, now: float) -> dict[str, Any] | None:
-    """RFC 7662 §2.2 "active": chit's, unexpired, and neither its jti nor its subject revoked."""
+    """RFC 7662 §2.2 "active": chit's, unexpired, and neither its jti nor its subject revoked.
+    When revocations cannot be checked, no token is active and none inactive: 503."""
     claims = verify_own_token(keys, issuer, token, now)
-    if claims is None or await revocations.token_revoked(claims):
+    if claims is None:
         return None
-    return claims
+    try:
+        revoked = await revocations.token_revoked(claims)
+    except StateUnavailable as error:
+        raise TemporarilyUnavailable("cannot check revocations right now", detail=str(error)) from None
+    return None if revoked else claims
 
 
 def introspection_response(claims: dict[str, Any] | None) -> dict[str, Any]:
