@@ -13,6 +13,7 @@ and tests/server/test_policy_opa.py.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -44,7 +45,11 @@ from tests.factories import (
     new_nonce,
 )
 
-BINDINGS = {"bindings": {**TEST_BINDINGS["bindings"], "aws_iid": {MOTO_ACCOUNT: {"us-east-1": {"scope": ["read:db"], "audience": ["https://db.internal"]}}}}}
+def bindings(issuer: str) -> dict:
+    data = json.loads(json.dumps(TEST_BINDINGS))
+    data["bindings"]["kubernetes"]["prod"]["ops"]["introspector"] = {"scope": ["chit:introspect"], "audience": [issuer]}
+    data["bindings"]["aws_iid"] = {MOTO_ACCOUNT: {"us-east-1": {"scope": ["read:db"], "audience": ["https://db.internal"]}}}
+    return data
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +65,18 @@ def chit(
 ) -> Iterator[ChitServer]:
     """Two workers sharing the Redis store."""
     directory = tmp_path_factory.mktemp("faults")
+    policy_dir = copy_policy(directory / "policies")
     config = {
-        "policy": {"dir": str(copy_policy(directory / "policies", BINDINGS))},
+        "policy": {"dir": str(policy_dir)},
         "attestors": {
             "kubernetes": {"clusters": cluster_config(documents, Path("/nonexistent"))[:1]},
             "aws_iid": {"certificates_dir": str(aws_regions.directory), "regions": ["us-east-1"], "account_ids": [MOTO_ACCOUNT]},
         },
         "state": {"backend": "redis", "redis_url": redis.url, "timeout_ms": 300},
     }
-    server = ChitServer(directory, config, workers=2).start()
-    yield server
+    server = ChitServer(directory, config, workers=2)
+    (policy_dir / "data.json").write_text(json.dumps(bindings(server.url)))
+    yield server.start()
     server.stop()
 
 
@@ -99,13 +106,18 @@ def wait_until_ready(chit: ChitServer, timeout: float = 10) -> None:
 def test_redis_killed_mid_run_is_503_never_a_token_and_service_resumes(
     chit: ChitServer, redis: RedisServer, prod_issuer: ClusterIssuer, aws_regions: AwsRegions
 ) -> None:
-    assert_issued(chit.exchange(prod_issuer.token()))
+    token = assert_issued(chit.exchange(prod_issuer.token()))["access_token"]
     assert_issued(iid_exchange(chit, aws_regions))
+    introspector = assert_issued(chit.exchange(prod_issuer.token("ops", "introspector"), audience=chit.url))["access_token"]
 
     redis.kill()
     try:
         # A nonce binding needs the store on every exchange: refused at once.
         assert_unavailable(chit, iid_exchange(chit, aws_regions))
+        # Whether a token is revoked cannot be known: neither active nor inactive.
+        for response in (chit.introspect(token, bearer=introspector), chit.revoke(token)):
+            assert response.status_code == 503 and response.json()["error"] == "temporarily_unavailable"
+            assert "active" not in response.json()
         readiness = fresh_connection(chit, "/readyz")
         assert readiness.status_code == 503 and readiness.json()["checks"]["state"] is False
         # Revoked subjects are cached for at most MAX_AGE; after that every exchange needs the store.
@@ -119,6 +131,7 @@ def test_redis_killed_mid_run_is_503_never_a_token_and_service_resumes(
     wait_until_ready(chit)
     assert_issued(chit.exchange(prod_issuer.token()))
     assert_issued(iid_exchange(chit, aws_regions))
+    assert chit.is_active(token, introspector)
     assert metric(fresh_connection(chit, "/metrics").text, "chit_state_store_errors_total") >= 1
 
 
