@@ -72,8 +72,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
             + "; ".join(shared_state_users(config))
             + ". Use state.backend: redis (state.redis_url), or --workers 1."
         )
-    # Every process of this run writes its metrics here, so that a scrape sees all
-    # workers; set before anything imports prometheus-client (server.metrics).
+    if args.workers <= 1:
+        start_server(config, args)
+        return
+    # Every worker of this run writes its metrics here, so that a scrape (which reaches
+    # one worker) sees all of them; set before anything imports prometheus-client
+    # (server.metrics), which reads it at import. One worker keeps its own registry.
     metrics_dir = tempfile.mkdtemp(prefix="chit-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:

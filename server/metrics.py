@@ -2,11 +2,11 @@
 
 With several workers a scrape reaches one of them, so every process writes its
 samples to memory-mapped files in one directory (prometheus-client's
-multiprocess mode) and a scrape sums them all. `chit serve` creates that
-directory, empty, for each run and names it in PROMETHEUS_MULTIPROC_DIR,
-prometheus-client's own setting, before anything imports this module (the
-setting is read at import). Without it (tests that build the app in process, the CLI)
-the process's own registry is served.
+multiprocess mode) and a scrape sums them all. `chit serve --workers N` (N > 1)
+creates that directory, empty, for each run and names it in
+PROMETHEUS_MULTIPROC_DIR, prometheus-client's own setting, before anything
+imports this module (the setting is read at import). Without it (one worker,
+the app built in process) the process's own registry is served.
 
 Label values are bounded by the configuration and the RFC error codes: never a
 subject, a client address or anything else a caller chooses.

@@ -177,3 +177,13 @@ def test_chit_revoke_with_the_memory_store_says_it_cannot_reach_the_server(chit:
     result = run_chit_cli("revoke", "--subject", "spiffe://example.org/k8s/prod/ns/payments/sa/agent", "--config", str(chit.config_path))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "state.backend is memory" in result.stderr and "nothing was revoked" in result.stderr
+
+
+def test_one_worker_serves_its_own_metrics(chit: ChitServer, prod_issuer: ClusterIssuer) -> None:
+    before = chit.client.get("/metrics").text
+    token_for(chit, prod_issuer)
+    after = chit.client.get("/metrics")
+    assert after.status_code == 200 and after.headers["content-type"].startswith("text/plain")
+    issued = 'chit_exchanges_total{error="none",kind="kubernetes",outcome="issued"}'
+    count = lambda text: float(next(line.split()[-1] for line in text.splitlines() if line.startswith(issued)))  # noqa: E731
+    assert count(after.text) == (count(before) if issued in before else 0.0) + 1
