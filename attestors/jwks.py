@@ -26,6 +26,7 @@ from jwt.exceptions import InvalidKeyError
 
 from attestors import EvidenceUnavailable, InvalidEvidence
 from attestors.jose import PublicKey, algorithm_for_key
+from server import metrics
 from server.config import require_safe_url
 
 log = logging.getLogger("chit.jwks")
@@ -236,6 +237,7 @@ class RemoteKeySource(KeySource):
         self._inflight = None
         error = None if task.cancelled() else task.exception()
         self._last_failed = task.cancelled() or error is not None
+        metrics.KEY_FETCHES.labels(self.label, "error" if self._last_failed else "ok").inc()
         if self._last_failed:
             self._last_error = str(error or "cancelled")
             log.warning("keys of %s could not be fetched: %s", self.label, self._last_error)

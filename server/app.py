@@ -18,17 +18,19 @@ from attestors.aws_iid import AwsIidVerifier
 from attestors.gcp import GcpVerifier
 from attestors.kubernetes import KubernetesVerifier
 from attestors.routing import AttestorRouter
+from server import metrics
 from server.audit import AuditLog
 from server.aws import AwsClients
 from server.config import Config
-from server.errors import InvalidRequest, OAuthError, RequestTooLarge
+from server.errors import InvalidRequest, OAuthError, RequestTooLarge, TemporarilyUnavailable
 from server.exchange import AuditEntry, TokenExchange
+from server.introspection import active_claims, bearer_token, introspection_response, require_introspect_scope, verify_own_token
 from server.keys import KeyStore, ensure_signing_key
 from server.policy import build_engine
 from server.signatures import ImageSignatures
 from server.state import StateStore, StateUnavailable, build_state_store
 from server.sts import StsIssuer
-from server.token_request import GRANT_TYPE_TOKEN_EXCHANGE, MAX_BODY_BYTES, parse_token_request
+from server.token_request import GRANT_TYPE_TOKEN_EXCHANGE, MAX_BODY_BYTES, parse_token_parameter, parse_token_request
 
 log = logging.getLogger("chit.app")
 
@@ -86,6 +88,13 @@ def build_exchange(config: Config) -> TokenExchange:
     )
 
 
+async def form_token(request: Request) -> str:
+    """The `token` parameter of /revoke and /introspect, from the body only."""
+    if request.url.query:
+        raise InvalidRequest("parameters must be sent in the request body")
+    return parse_token_parameter(request.headers.get("content-type"), await read_body(request))
+
+
 async def state_ready(state: StateStore) -> bool:
     try:
         return await state.ping()
@@ -101,6 +110,7 @@ def create_app(config: Config) -> Starlette:
         now = time.time()
         entry = AuditEntry(client=request.client.host if request.client else None)
         try:
+            await exchange.limits.count_client(entry.client, now)
             if request.url.query:
                 # RFC 6749 §3.2 puts the parameters in the body; tokens in URLs end up in logs.
                 raise InvalidRequest("parameters must be sent in the request body")
@@ -118,8 +128,44 @@ def create_app(config: Config) -> Starlette:
                 status_code=500,
                 headers=NO_STORE,
             )
-        exchange.audit.write(entry.record(now))
+        record = entry.record(now)
+        exchange.audit.write(record)
+        metrics.EXCHANGES.labels(entry.outcome, entry.kind or "none", entry.error or "none").inc()
+        metrics.EXCHANGE_SECONDS.observe(record["latency_ms"] / 1000)
         return response
+
+    async def revoke(request: Request) -> Response:
+        """RFC 7009 §2.2: "The authorization server responds with HTTP status code 200
+        if the token has been revoked successfully or if the client submitted an
+        invalid token." The token is its own authorization (DESIGN.md "Authentication")."""
+        now = time.time()
+        try:
+            claims = verify_own_token(exchange.keys, config.issuer, await form_token(request), now)
+            if claims is not None and isinstance(claims.get("jti"), str):
+                await exchange.revocations.revoke_token(claims["jti"], claims["exp"], now)
+                log.info("token %s of %s revoked by its holder", claims["jti"], claims["sub"])
+        except StateUnavailable as error:
+            # RFC 7009 §2.2.1: on a 503 "the client must assume the token still exists".
+            return oauth_error_response(TemporarilyUnavailable("cannot record the revocation right now", detail=str(error)))
+        except OAuthError as error:
+            return oauth_error_response(error)
+        return Response(status_code=200, headers=NO_STORE)
+
+    async def introspect(request: Request) -> Response:
+        """RFC 7662 §2: the caller authenticates with its own chit:introspect token."""
+        now = time.time()
+        try:
+            caller = bearer_token(request.headers.get("authorization"))
+            require_introspect_scope(await active_claims(exchange.keys, config.issuer, exchange.revocations, caller, now), config.issuer)
+            token = await form_token(request)
+            body = introspection_response(await active_claims(exchange.keys, config.issuer, exchange.revocations, token, now))
+        except OAuthError as error:
+            return oauth_error_response(error)
+        return JSONResponse(body, headers=NO_STORE)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
     async def discovery(request: Request) -> Response:
         return Response(metadata, media_type="application/json", headers={"Cache-Control": "public, max-age=300"})
@@ -154,8 +200,11 @@ def create_app(config: Config) -> Starlette:
             Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
             Route("/.well-known/oauth-authorization-server", discovery, methods=["GET"]),
             Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+            Route("/revoke", revoke, methods=["POST"]),
+            Route("/introspect", introspect, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
@@ -172,6 +221,11 @@ def server_metadata(config: Config, keys: KeyStore) -> dict[str, Any]:
         "jwks_uri": f"{config.issuer}/.well-known/jwks.json",
         "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
         "token_endpoint_auth_methods_supported": ["none"],
+        "revocation_endpoint": f"{config.issuer}/revoke",  # RFC 8414 §2; RFC 7009
+        "revocation_endpoint_auth_methods_supported": ["none"],  # the token is its own authorization
+        # RFC 7662: callers authenticate with a chit:introspect bearer token, which has no
+        # registered client authentication method name, so none is listed.
+        "introspection_endpoint": f"{config.issuer}/introspect",
         # OpenID Connect Discovery requires these three; cloud IAM OIDC federation reads them.
         "response_types_supported": ["id_token"],
         "subject_types_supported": ["public"],

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -48,17 +50,48 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
     return config.model_copy(update={"listen": listen})
 
 
+def shared_state_users(config: Config) -> list[str]:
+    """What keeps state that every worker (and replica) must share: with `state.backend:
+    memory` each worker would keep its own, so the state would silently be per worker."""
+    users = ["revocations (POST /revoke, chit revoke --subject), always on"]
+    if config.attestors.aws_iid.enabled:
+        users.append("AWS instance nonce bindings (attestors.aws_iid.enabled)")
+    if config.attestors.gcp.enabled and config.attestors.gcp.single_use:
+        users.append("GCP single-use tokens (attestors.gcp.single_use)")
+    if config.rate_limits.per_subject_per_minute or config.rate_limits.per_client_per_minute:
+        users.append("rate limits (rate_limits)")
+    return users
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
+    config = serve_config(args, dict(os.environ))
+    if args.workers > 1 and config.state.backend == "memory":
+        fail(
+            f"--workers {args.workers} needs state.backend: redis. With the memory backend every worker "
+            "would keep its own copy of state that must be shared: "
+            + "; ".join(shared_state_users(config))
+            + ". Use state.backend: redis (state.redis_url), or --workers 1."
+        )
+    if args.workers <= 1:
+        start_server(config, args)
+        return
+    # Every worker of this run writes its metrics here, so that a scrape (which reaches
+    # one worker) sees all of them; set before anything imports prometheus-client
+    # (server.metrics), which reads it at import. One worker keeps its own registry.
+    metrics_dir = tempfile.mkdtemp(prefix="chit-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        start_server(config, args)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def start_server(config: Config, args: argparse.Namespace) -> None:
     from server.app import build_exchange
     from server.errors import OAuthError
     from server.keys import SigningKeyError
     from server.policy.bundle import PolicyLoadError
 
-    config = serve_config(args, dict(os.environ))
-    gcp = config.attestors.gcp
-    if args.workers > 1 and config.state.backend == "memory" and gcp.enabled and gcp.single_use:
-        # Each worker would remember its own tokens: a token could be used once per worker.
-        fail("attestors.gcp.single_use needs state every worker shares: use state.backend redis, or --workers 1")
     try:
         # Fail here, once, with a readable message, rather than in every worker.
         exchange = build_exchange(config)
@@ -84,10 +117,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def run_uvicorn(factory: str, host: str, port: int, workers: int) -> None:
     """Serve an app factory with chit's HTTP settings (also used by the benchmarks' floors)."""
-    import uvicorn
-
     from server.http import LimitedHttpToolsProtocol
-    from server.workers import Supervisor
+    from server.workers import Supervisor, serve
 
     settings = dict(
         app=factory,
@@ -104,7 +135,7 @@ def run_uvicorn(factory: str, host: str, port: int, workers: int) -> None:
         log_config=_log_config(),
     )
     if workers <= 1:
-        uvicorn.Server(uvicorn.Config(**settings)).run()
+        serve(settings)
         return
     raise SystemExit(Supervisor(settings, host, port, workers).run())
 
@@ -311,6 +342,46 @@ def cmd_aws_forget_instance(args: argparse.Namespace) -> None:
         print(f"{args.instance_id} has no nonce binding")
 
 
+# --- chit revoke ----------------------------------------------------------------------
+
+
+def cmd_revoke(args: argparse.Namespace) -> None:
+    """The operator's kill switch: revoke a subject's tokens and refuse its exchanges, or lift it."""
+    import asyncio
+
+    from server.revocation import Revocations
+    from server.state import StateUnavailable, build_state_store
+
+    config = config_from_args(args)
+    prefix = f"spiffe://{config.trust_domain}/"
+    if not args.subject.startswith(prefix) or len(args.subject) <= len(prefix) or not args.subject.isprintable():
+        fail(f"{args.subject!r} is not a SPIFFE ID of trust domain {config.trust_domain} ({prefix}…)")
+    if config.state.backend == "memory":
+        fail(
+            "state.backend is memory: revocations live inside the running chit server process, "
+            "which this command cannot reach, so nothing was revoked. Use state.backend: redis "
+            "to revoke subjects; with the memory backend only POST /revoke (one token) is available.",
+            1,
+        )
+
+    async def change() -> bool:
+        store = build_state_store(config)
+        try:
+            return await Revocations(store).change_subject(args.subject, lift=args.lift, now=time.time())
+        finally:
+            await store.close()
+
+    try:
+        changed = asyncio.run(change())
+    except StateUnavailable as error:
+        fail(f"the state store is unavailable, nothing was changed: {error}", 1)
+    if args.lift:
+        print(f"lifted the revocation of {args.subject}: new exchanges are allowed" if changed else f"{args.subject} is not revoked")
+    else:
+        print(f"revoked {args.subject}: its tokens issued until now are inactive and new exchanges are refused "
+              f"(every replica within 1 s) until `chit revoke --subject {args.subject} --lift`")
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -365,6 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     forget = with_config(aws.add_parser("forget-instance", help="remove an instance's nonce binding (its next exchange binds a new nonce)"))
     forget.add_argument("instance_id", metavar="ID", help="EC2 instance id")
     forget.set_defaults(handler=cmd_aws_forget_instance)
+
+    revoke = with_config(commands.add_parser("revoke", help="revoke every token of a workload and refuse its exchanges (--lift to undo)"))
+    revoke.add_argument("--subject", required=True, metavar="SPIFFE_ID", help="the workload's SPIFFE ID (its tokens' sub)")
+    revoke.add_argument("--lift", action="store_true", help="allow the subject's exchanges again")
+    revoke.set_defaults(handler=cmd_revoke)
 
     from client.cli import add_client_commands
 

@@ -261,7 +261,15 @@ class Aws(_Section):
 
 class State(_Section):
     backend: Literal["memory", "redis"] = "memory"
-    redis_url: str | None = None
+    redis_url: str | None = None  # redis://[user:password@]host:port/db, or rediss:// for TLS
+    timeout_ms: Annotated[int, Field(gt=0, le=60_000)] = 500  # connect, and each command
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
 
     @model_validator(mode="after")
     def _redis_url(self) -> State:

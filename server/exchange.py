@@ -17,6 +17,7 @@ from typing import Any
 
 from attestors import Attestation, EvidenceUnavailable, InvalidEvidence
 from attestors.routing import AttestorRouter
+from server import metrics
 from server.audit import AuditLog
 from server.config import MAX_TOKEN_TTL, Config
 from server.errors import InvalidRequest, OAuthError, PolicyDenied, TemporarilyUnavailable
@@ -24,8 +25,10 @@ from server.keys import KeyStore, SigningKey
 from server.mint import TYP_ACCESS_TOKEN, TYP_JWT, mint_jwt
 from server.policy import PolicyEngine, PolicyEvaluationError, PolicyUnavailable, parse_decision, policy_input
 from server.policy.decision import Decision, Grant, grant
+from server.ratelimit import RateLimits
+from server.revocation import Revocations
 from server.signatures import ImageSignatures
-from server.state import StateStore
+from server.state import StateStore, StateUnavailable
 from server.sts import STS_DURATION_SECONDS, WEB_IDENTITY_AUDIENCE, WEB_IDENTITY_TOKEN_TTL, StsIssuer
 from server.token_request import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_AWS_CREDENTIALS, TokenRequest
 
@@ -121,6 +124,8 @@ class TokenExchange:
         self.state = state
         self.sts = sts
         self.signatures = signatures or ImageSignatures({})
+        self.revocations = Revocations(state)
+        self.limits = RateLimits(config.rate_limits, state)
 
     async def exchange(self, request: TokenRequest, entry: AuditEntry, now: float) -> dict[str, Any]:
         """Run one exchange; returns the RFC 8693 §2.2.1 response body or raises OAuthError."""
@@ -130,10 +135,13 @@ class TokenExchange:
 
         subject = await self.attest("subject_token", request.subject_token_type, request.subject_token, now)
         entry.subject, entry.kind, entry.region = subject.subject, subject.kind, subject.region
+        await self.limits.count_subject(subject.subject, now)
+        await self.refuse_revoked("subject", subject.subject)
         actor = None
         if request.actor_token is not None:
             assert request.actor_token_type is not None
             actor = await self.attest("actor_token", request.actor_token_type, request.actor_token, now)
+            await self.refuse_revoked("actor", actor.subject)
 
         subject = await self.enrich(subject)
         decision = await self.decide(subject, actor, request, now)
@@ -151,6 +159,7 @@ class TokenExchange:
         return response
 
     async def attest(self, parameter: str, token_type: str, token: str, now: float) -> Attestation:
+        started = time.perf_counter()
         try:
             return await self.attestors.verify(token_type, token, now)
         except InvalidEvidence as error:
@@ -159,6 +168,17 @@ class TokenExchange:
             raise TemporarilyUnavailable(
                 f"cannot verify the {parameter} right now", detail=f"{parameter}: {error}"
             ) from None
+        finally:
+            metrics.ATTEST_SECONDS.observe(metrics.since(started))
+
+    async def refuse_revoked(self, role: str, subject: str) -> None:
+        """`chit revoke --subject`: the operator's kill switch holds until lifted."""
+        try:
+            revoked = await self.revocations.subject_revoked(subject)
+        except StateUnavailable as error:
+            raise TemporarilyUnavailable("cannot check revocations right now", detail=f"revocations: {error}") from None
+        if revoked:
+            raise PolicyDenied("the exchange is not permitted", detail=f"{role} {subject} is revoked (chit revoke --subject)")
 
     async def enrich(self, attestation: Attestation) -> Attestation:
         try:
@@ -181,12 +201,15 @@ class TokenExchange:
         images = None
         if subject.images is not None:
             images = await self.signatures.describe(subject.images)
+        started = time.perf_counter()
         try:
             value = await self.policy.decide(policy_input(subject, request_view, now, images))
         except PolicyEvaluationError as error:
             return Decision.deny(f"policy error: {error}")
         except PolicyUnavailable as error:
             raise TemporarilyUnavailable("the policy engine is unavailable", detail=str(error)) from None
+        finally:
+            metrics.POLICY_SECONDS.observe(metrics.since(started))
         return parse_decision(value)
 
     def lifetime(self, decision: Decision, *evidence: Attestation | None, now: float) -> int:
@@ -212,6 +235,7 @@ class TokenExchange:
         ttl = self.lifetime(decision, subject, actor, now=now)
         key = self.signing_key(now)
         jwt_requested = request.requested_token_type != TOKEN_TYPE_ACCESS_TOKEN
+        started = time.perf_counter()
         issued = mint_jwt(
             key,
             issuer=self.config.issuer,
@@ -224,6 +248,7 @@ class TokenExchange:
             actor=None if actor is None else actor.subject,
             typ=TYP_JWT if jwt_requested else TYP_ACCESS_TOKEN,
         )
+        metrics.SIGN_SECONDS.observe(metrics.since(started))
         entry.ttl, entry.jti = ttl, issued.jti
         response: dict[str, Any] = {
             "access_token": issued.token,

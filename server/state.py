@@ -1,8 +1,10 @@
 """Shared state behind one small interface: instance nonce bindings, single-use
 token hashes, revocations and rate-limit buckets.
 
-Every value has a TTL, so nothing grows without bound. A backend that cannot
-answer raises `StateUnavailable`; the exchange then fails closed (503).
+Every value written on behalf of a request has a TTL, so nothing grows without
+bound; `ttl=None` (kept until deleted) is only for what an operator writes
+(`chit revoke --subject`). A backend that cannot answer raises
+`StateUnavailable`; the exchange then fails closed (503).
 
 Backends: `memory` (one process; the default) and `redis` (shared by every
 worker and replica).
@@ -10,10 +12,15 @@ worker and replica).
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from abc import ABC, abstractmethod
 
+from server import metrics
 from server.config import Config
+
+log = logging.getLogger("chit.state")
 
 
 class StateUnavailable(Exception):
@@ -27,14 +34,14 @@ class StateStore(ABC):
     async def get(self, key: str) -> str | None: ...
 
     @abstractmethod
-    async def set(self, key: str, value: str, ttl: float) -> None: ...
+    async def set(self, key: str, value: str, ttl: float | None) -> None: ...
 
     @abstractmethod
-    async def add(self, key: str, value: str, ttl: float) -> bool:
+    async def add(self, key: str, value: str, ttl: float | None) -> bool:
         """Set `key` only if it is absent; True if this call set it."""
 
     @abstractmethod
-    async def replace(self, key: str, expected: str, value: str, ttl: float) -> bool:
+    async def replace(self, key: str, expected: str, value: str, ttl: float | None) -> bool:
         """Set `key` to `value` only if it currently holds `expected` (compare-and-set)."""
 
     @abstractmethod
@@ -51,6 +58,10 @@ class StateStore(ABC):
 
     async def close(self) -> None:
         return None
+
+
+def _expiry(now: float, ttl: float | None) -> float:
+    return math.inf if ttl is None else now + ttl
 
 
 class MemoryStore(StateStore):
@@ -84,29 +95,31 @@ class MemoryStore(StateStore):
         self._tick(now)
         return self._live(key, now)
 
-    async def set(self, key: str, value: str, ttl: float) -> None:
+    async def set(self, key: str, value: str, ttl: float | None) -> None:
         now = time.time()
         self._tick(now)
-        self._values[key] = (value, now + ttl)
+        self._values[key] = (value, _expiry(now, ttl))
 
-    async def add(self, key: str, value: str, ttl: float) -> bool:
+    async def add(self, key: str, value: str, ttl: float | None) -> bool:
         now = time.time()
         self._tick(now)
         if self._live(key, now) is not None:
             return False
-        self._values[key] = (value, now + ttl)
+        self._values[key] = (value, _expiry(now, ttl))
         return True
 
-    async def replace(self, key: str, expected: str, value: str, ttl: float) -> bool:
+    async def replace(self, key: str, expected: str, value: str, ttl: float | None) -> bool:
         now = time.time()
         self._tick(now)
         if self._live(key, now) != expected:
             return False
-        self._values[key] = (value, now + ttl)
+        self._values[key] = (value, _expiry(now, ttl))
         return True
 
     async def delete(self, key: str) -> bool:
-        return self._values.pop(key, None) is not None
+        live = self._live(key, time.time()) is not None
+        self._values.pop(key, None)
+        return live
 
     async def take(self, key: str, per_minute: int, now: float) -> float:
         self._tick(now)
@@ -123,7 +136,114 @@ class MemoryStore(StateStore):
         return True
 
 
+class RedisStore(StateStore):
+    """State in Redis (`state.backend: redis`), shared by every worker and replica.
+
+    Every operation is atomic on the server: add is SET NX PX, compare-and-set
+    and the token bucket are Lua scripts. Every key carries a TTL (PX) unless
+    an operator wrote it. Connections time out after `state.timeout_ms`; a
+    connection found broken (Redis restarted) is retried once, then the
+    operation fails with `StateUnavailable`, and the next one tries again, so
+    service resumes without a restart when Redis returns.
+    """
+
+    PREFIX = "chit:"
+    POOL_SIZE = 64  # connections per process; a request waits at most the timeout for one
+
+    # KEYS[1]; ARGV: expected, new value, TTL in ms ("" for none).
+    _REPLACE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[2]) else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return 1
+"""
+    # KEYS[1]: a hash {tokens, updated}; ARGV: per minute, now (s). Returns "0" when a
+    # token was taken, else the seconds until one is available (a string: Lua numbers
+    # would come back as integers). A bucket idle for a minute is full: it expires then.
+    _TAKE = """
+local burst = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+local rate = burst / 60.0
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens = tonumber(state[1]) or burst
+local updated = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(math.max(now, updated)))
+redis.call('PEXPIRE', KEYS[1], 60000)
+return tostring(wait)
+"""
+
+    def __init__(self, url: str, timeout: float):
+        from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        self._pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=self.POOL_SIZE,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1, (RedisConnectionError,)),
+            decode_responses=True,
+        )
+        self._redis = Redis(connection_pool=self._pool)
+        self._replace = self._redis.register_script(self._REPLACE)
+        self._take = self._redis.register_script(self._TAKE)
+        self._failing = False
+
+    async def _call(self, operation: str, awaitable):  # type: ignore[no-untyped-def]
+        from redis.exceptions import RedisError
+
+        try:
+            result = await awaitable
+        except (RedisError, OSError) as error:
+            metrics.STATE_ERRORS.labels(operation).inc()
+            if not self._failing:
+                log.error("state store (redis) unavailable: %s", error)
+            self._failing = True
+            raise StateUnavailable(f"redis: {error.__class__.__name__}: {error}") from None
+        if self._failing:
+            log.warning("state store (redis) answers again")
+            self._failing = False
+        return result
+
+    @staticmethod
+    def _px(ttl: float | None) -> int | None:
+        return None if ttl is None else max(1, math.ceil(ttl * 1000))
+
+    async def get(self, key: str) -> str | None:
+        return await self._call("get", self._redis.get(self.PREFIX + key))
+
+    async def set(self, key: str, value: str, ttl: float | None) -> None:
+        await self._call("set", self._redis.set(self.PREFIX + key, value, px=self._px(ttl)))
+
+    async def add(self, key: str, value: str, ttl: float | None) -> bool:
+        return bool(await self._call("add", self._redis.set(self.PREFIX + key, value, px=self._px(ttl), nx=True)))
+
+    async def replace(self, key: str, expected: str, value: str, ttl: float | None) -> bool:
+        px = self._px(ttl)
+        result = self._replace(keys=[self.PREFIX + key], args=[expected, value, "" if px is None else px])
+        return await self._call("replace", result) == 1
+
+    async def delete(self, key: str) -> bool:
+        return await self._call("delete", self._redis.delete(self.PREFIX + key)) == 1
+
+    async def take(self, key: str, per_minute: int, now: float) -> float:
+        return float(await self._call("take", self._take(keys=[self.PREFIX + key], args=[per_minute, repr(now)])))
+
+    async def ping(self) -> bool:
+        return bool(await self._call("ping", self._redis.ping()))
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+        await self._pool.disconnect()
+
+
 def build_state_store(config: Config) -> StateStore:
-    if config.state.backend == "memory":
-        return MemoryStore()
-    raise StateUnavailable("state.backend redis is not available in this build")
+    if config.state.backend == "redis":
+        assert config.state.redis_url is not None  # the config requires it
+        return RedisStore(config.state.redis_url, config.state.timeout_ms / 1000)
+    return MemoryStore()

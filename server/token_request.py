@@ -153,3 +153,15 @@ def parse_token_request(content_type: str | None, body: bytes) -> TokenRequest:
         actor_token=actor_token,
         actor_token_type=actor_token_type,
     )
+
+
+def parse_token_parameter(content_type: str | None, body: bytes) -> str:
+    """The `token` of a revocation (RFC 7009 §2.1) or introspection (RFC 7662 §2.1)
+    request: "REQUIRED. The token that the client wants to get revoked" / "the string
+    value of the token". `token_type_hint` is optional and chit has one kind of token."""
+    fields = _form_fields(content_type, body)
+    token = _single(fields, "token")
+    _single(fields, "token_type_hint")
+    if token is None:
+        raise InvalidRequest("missing token")
+    return token

@@ -42,10 +42,20 @@ def bind_reuseport(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(settings: dict[str, Any], host: str, port: int, report: multiprocessing.connection.Connection) -> None:
-    """One worker process: bind, report, serve until told to stop."""
+def serve(settings: dict[str, Any], sockets: list[socket.socket] | None = None) -> None:
+    """Run uvicorn until SIGTERM or SIGINT, then return once in-flight requests are done.
+
+    uvicorn re-raises the signal after its graceful shutdown, which would end the
+    process as killed by it; a stop that drained cleanly exits 0 instead."""
     import uvicorn
 
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda *_: None)  # what uvicorn restores and re-raises into
+    uvicorn.Server(uvicorn.Config(**settings)).run(sockets=sockets)
+
+
+def _worker(settings: dict[str, Any], host: str, port: int, report: multiprocessing.connection.Connection) -> None:
+    """One worker process: bind, report, serve until told to stop."""
     try:
         sock = bind_reuseport(host, port)
     except OSError as error:
@@ -53,7 +63,7 @@ def _worker(settings: dict[str, Any], host: str, port: int, report: multiprocess
         raise SystemExit(3) from None
     report.send("bound")
     report.close()
-    uvicorn.Server(uvicorn.Config(**settings)).run(sockets=[sock])
+    serve(settings, [sock])
 
 
 class Supervisor:

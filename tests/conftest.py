@@ -21,6 +21,7 @@ from tests.factories import (
     DocumentServer,
     HangingServer,
     MotoServer,
+    RedisServer,
     RegionCertificate,
     closed_port_url,
     copy_policy,
@@ -248,3 +249,14 @@ def outage_chit(
     server.stop()
     if hanging:
         hanging.stop()
+
+
+# --- Redis ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the tests that share it (each uses its own keys or flushes)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

@@ -509,6 +509,21 @@ class ChitServer:
         form.update({k: v for k, v in fields.items() if v is not None})
         return self.client.post("/token", data=form)
 
+    def revoke(self, token: str | None, **fields: str) -> httpx.Response:
+        """RFC 7009: POST /revoke with `token` (omitted when None)."""
+        form = {"token": token, **fields} if token is not None else dict(fields)
+        return self.client.post("/revoke", data=form)
+
+    def introspect(self, token: str | None, bearer: str | None) -> httpx.Response:
+        """RFC 7662: POST /introspect with `token`, authenticated by the `bearer` token."""
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else {}
+        return self.client.post("/introspect", data={} if token is None else {"token": token}, headers=headers)
+
+    def is_active(self, token: str, bearer: str) -> bool:
+        response = self.introspect(token, bearer)
+        assert response.status_code == 200, response.text
+        return response.json()["active"]
+
     def audit_lines(self) -> list[dict[str, Any]]:
         path = self.directory / "audit.log"
         if not path.exists():
@@ -1304,3 +1319,72 @@ AWS_TEST_ENV = {
     "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
     "AWS_EC2_METADATA_DISABLED": "true",
 }
+
+
+# --- a real Redis ----------------------------------------------------------------------
+
+
+class RedisServer:
+    """Debian's `redis-server` on a free loopback port, in memory only (no RDB, no AOF).
+
+    `kill()` ends it at once (SIGKILL), `start()` brings it back on the same port,
+    `freeze()`/`thaw()` stop and continue it (connections stay open, nothing answers)."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20) -> RedisServer:
+        import redis
+
+        log = open(self.directory / "redis.log", "ab")
+        self.process = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory), "--protected-mode", "yes"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        deadline = time.time() + timeout
+        try:
+            while time.time() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+                try:
+                    if client.ping():
+                        return self
+                except redis.RedisError:
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        raise RuntimeError(f"redis-server not ready after {timeout} s")
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=5, decode_responses=True)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.thaw()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -8,6 +8,12 @@ policy), and chit itself with the shipped policy over `--workloads` bindings
 (4 clusters). A separate load process drives Kubernetes exchanges over
 keep-alive connections; every request carries a token never sent before (a
 distinct pod of one of the workloads), so no cache can serve a repeat.
+
+chit keeps its state in a redis-server the benchmark starts (Debian's package):
+several workers need shared state (`chit serve` refuses the memory backend
+with more than one). Rate limits are off, as by default, so an exchange makes
+no Redis round trip of its own (revoked subjects are re-read at most twice a
+second per worker); tests/bench/soak.py measures them on.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+
+from tests.factories import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTERS = 4
@@ -90,7 +98,7 @@ def _mint_batch(job: tuple[dict[str, bytes], list[tuple[str, str, str]], int]) -
     return bodies
 
 
-def prepare(directory: Path, workload_count: int, requests: int) -> Path:
+def prepare(directory: Path, workload_count: int, requests: int, redis_url: str) -> Path:
     """Cluster keys, policy with one binding per workload, config, and the request bodies."""
     population = workloads(workload_count)
     pems: dict[str, bytes] = {}
@@ -124,6 +132,7 @@ def prepare(directory: Path, workload_count: int, requests: int) -> Path:
         "policy": {"dir": "policies"},
         "audit": {"sink": "audit.log"},
         "attestors": {"kubernetes": {"clusters": clusters_config}},
+        "state": {"backend": "redis", "redis_url": redis_url},
     }
     config_path = directory / "chit.yaml"
     config_path.write_text(json.dumps(config))
@@ -195,7 +204,20 @@ def main() -> None:
     requests = args.requests or int(4500 * args.duration)
 
     directory = Path(tempfile.mkdtemp(prefix="chit-bench-"))
-    config = prepare(directory, args.workloads, requests)
+    redis = RedisServer(directory / "redis").start()
+    try:
+        rows = run_all(args, directory, redis.url, worker_counts, requests)
+    finally:
+        redis.stop()
+    report(args, rows)
+    if args.keep:
+        print(f"\nworking directory kept: {directory}")
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run_all(args: argparse.Namespace, directory: Path, redis_url: str, worker_counts: list[int], requests: int) -> list:
+    config = prepare(directory, args.workloads, requests, redis_url)
     bodies = directory / "bodies.txt"
     rows = []
     for workers in worker_counts:
@@ -216,7 +238,10 @@ def main() -> None:
             ready_path = "/readyz" if kind == "chit" else "/"  # floors: any answer means listening
             result = measure(f"{kind}-{workers}", command, ready_path, port, args, directory, bodies)
             rows.append((label, workers, result))
+    return rows
 
+
+def report(args: argparse.Namespace, rows: list) -> None:
     print()
     print(f"chit exchange benchmark: {args.connections} connections, {args.duration:.0f} s per run, "
           f"{args.workloads} workloads, {os.cpu_count()} CPUs")
@@ -234,10 +259,6 @@ def main() -> None:
             ratio = f"{result['per_second'] / floors[('trivial Starlette endpoint', workers)]:.2f}× trivial"
         reused = " (bodies reused)" if result["bodies_reused"] else ""
         print(f"{label:32} {workers:>7} {result['per_second']:>9.0f} {result['p50_ms']:>8.2f} {result['p99_ms']:>8.2f} {non_ok:>8}  {ratio}{reused}")
-    if args.keep:
-        print(f"\nworking directory kept: {directory}")
-    else:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,11 @@ def test_chit_accepts_the_config_in_the_configmap(overlay, tmp_path: Path) -> No
         assert config.policy.engine == "opa" and config.state.backend == "redis"
     else:
         assert config.policy.engine == "embedded" and config.state.backend == "memory"
+    # `chit serve` refuses several workers on per-process state.
+    containers = one(objects, "Deployment", "chit")["spec"]["template"]["spec"]["containers"]
+    args = next(c for c in containers if c["name"] == "chit")["args"]
+    workers = int(args[args.index("--workers") + 1])
+    assert workers == 1 or config.state.backend == "redis"
 
 
 def test_the_policies_configmap_holds_the_shipped_policies(overlay, tmp_path: Path) -> None:

@@ -122,12 +122,21 @@ def test_serve_with_a_bad_key_stops_with_the_message(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_single_use_with_per_process_state_refuses_several_workers(tmp_path: Path) -> None:
-    """With the memory backend each worker remembers only its own exchanges."""
-    path = write(tmp_path, MINIMAL + "signing: {keys_dir: keys}\nattestors: {gcp: {single_use: true}}\n")
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        ("attestors: {aws_iid: {enabled: false}}\n", ["revocations"]),
+        ("attestors: {gcp: {single_use: true}}\n", ["revocations", "nonce bindings", "single-use"]),
+        ("rate_limits: {per_subject_per_minute: 10}\n", ["revocations", "nonce bindings", "rate limits"]),
+    ],
+)
+def test_per_process_state_refuses_several_workers(tmp_path: Path, extra: str, named: list[str]) -> None:
+    """With the memory backend each worker would keep its own revocations, bindings, uses and buckets."""
+    path = write(tmp_path, MINIMAL + "signing: {keys_dir: keys}\n" + extra)
     result = run_chit("serve", "--config", str(path), "--workers", "2", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "single_use needs state every worker shares" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--workers 2 needs state.backend: redis" in result.stderr
+    assert all(name in result.stderr for name in named), result.stderr
 
 
 def test_config_from_the_environment(tmp_path: Path) -> None:

@@ -1,36 +1,57 @@
-"""The state store interface, held to the same behaviour by every backend."""
+"""The state store interface, held to the same behaviour by every backend
+(the Redis one against a real redis-server), and the Redis backend's failures."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+import time
+from typing import Awaitable, Callable, Iterator
 
 import pytest
 
-from server.state import MemoryStore, StateStore
+from server.state import MemoryStore, RedisStore, StateStore, StateUnavailable
+from tests.factories import RedisServer, free_port
+
+Scenario = Callable[[StateStore], Awaitable[None]]
 
 
-@pytest.fixture(params=["memory"])
-def store(request: pytest.FixtureRequest) -> StateStore:
-    return MemoryStore()
+@pytest.fixture(params=["memory", "redis"])
+def new_store(request: pytest.FixtureRequest) -> Iterator[Callable[[], StateStore]]:
+    if request.param == "memory":
+        yield MemoryStore
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    client = server.client()
+    client.flushdb()
+    yield lambda: RedisStore(server.url, timeout=2.0)
+    client.close()
 
 
-def run(coroutine):
-    return asyncio.run(coroutine)
+def run(new_store: Callable[[], StateStore], scenario: Scenario) -> None:
+    """Each scenario in its own event loop, with a store made (and closed) inside it."""
+
+    async def main() -> None:
+        store = new_store()
+        try:
+            await scenario(store)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
 
 
-def test_values_expire(store: StateStore) -> None:
-    async def scenario() -> None:
+def test_values_expire(new_store) -> None:
+    async def scenario(store: StateStore) -> None:
         await store.set("k", "v", 0.2)
         assert await store.get("k") == "v"
         await asyncio.sleep(0.3)
         assert await store.get("k") is None
 
-    run(scenario())
+    run(new_store, scenario)
 
 
-def test_add_sets_only_once(store: StateStore) -> None:
-    async def scenario() -> None:
+def test_add_sets_only_once(new_store) -> None:
+    async def scenario(store: StateStore) -> None:
         assert await store.add("once", "a", 10) is True
         assert await store.add("once", "b", 10) is False
         assert await store.get("once") == "a"
@@ -38,22 +59,50 @@ def test_add_sets_only_once(store: StateStore) -> None:
         assert await store.delete("once") is False
         assert await store.add("once", "c", 10) is True
 
-    run(scenario())
+    run(new_store, scenario)
 
 
-def test_replace_is_compare_and_set(store: StateStore) -> None:
-    async def scenario() -> None:
+def test_an_expired_value_is_absent_for_add_and_delete(new_store) -> None:
+    async def scenario(store: StateStore) -> None:
+        assert await store.add("short", "a", 0.1) is True
+        await asyncio.sleep(0.2)
+        assert await store.delete("short") is False
+        assert await store.add("short", "b", 10) is True
+
+    run(new_store, scenario)
+
+
+def test_replace_is_compare_and_set(new_store) -> None:
+    async def scenario(store: StateStore) -> None:
         await store.set("cas", "1", 10)
         assert await store.replace("cas", "0", "2", 10) is False
         assert await store.replace("cas", "1", "2", 10) is True
         assert await store.get("cas") == "2"
         assert await store.replace("absent", "1", "2", 10) is False
 
-    run(scenario())
+    run(new_store, scenario)
 
 
-def test_token_bucket_allows_the_burst_then_refills(store: StateStore) -> None:
-    async def scenario() -> None:
+def test_concurrent_adds_let_exactly_one_win(new_store) -> None:
+    async def scenario(store: StateStore) -> None:
+        results = await asyncio.gather(*(store.add("race", str(i), 10) for i in range(20)))
+        assert results.count(True) == 1
+
+    run(new_store, scenario)
+
+
+def test_values_without_ttl_stay_until_deleted(new_store) -> None:
+    async def scenario(store: StateStore) -> None:
+        await store.set("operator", "x", None)
+        assert await store.replace("operator", "x", "y", None) is True
+        assert await store.get("operator") == "y"
+        assert await store.delete("operator") is True
+
+    run(new_store, scenario)
+
+
+def test_token_bucket_allows_the_burst_then_refills(new_store) -> None:
+    async def scenario(store: StateStore) -> None:
         now = 1000.0
         assert [await store.take("b", 3, now) for _ in range(3)] == [0.0, 0.0, 0.0]
         wait = await store.take("b", 3, now)
@@ -61,8 +110,72 @@ def test_token_bucket_allows_the_burst_then_refills(store: StateStore) -> None:
         assert await store.take("b", 3, now + 20.0) == 0.0
         assert await store.take("other", 3, now) == 0.0  # buckets are per key
 
-    run(scenario())
+    run(new_store, scenario)
 
 
-def test_ping(store: StateStore) -> None:
-    assert run(store.ping()) is True
+def test_ping(new_store) -> None:
+    async def scenario(store: StateStore) -> None:
+        assert await store.ping() is True
+
+    run(new_store, scenario)
+
+
+# --- Redis specifics ---------------------------------------------------------------------
+
+
+def test_every_key_written_for_a_request_expires(redis_server: RedisServer) -> None:
+    """Nothing a request writes grows without bound: each key has a TTL in Redis."""
+    client = redis_server.client()
+    client.flushdb()
+
+    async def scenario(store: StateStore) -> None:
+        await store.set("a", "1", 30)
+        await store.add("b", "1", 30)
+        await store.set("c", "0", 30)
+        await store.replace("c", "0", "1", 30)
+        await store.take("bucket", 10, time.time())
+
+    run(lambda: RedisStore(redis_server.url, timeout=2.0), scenario)
+    keys = client.keys("chit:*")
+    assert sorted(keys) == ["chit:a", "chit:b", "chit:bucket", "chit:c"]
+    assert all(0 < client.pttl(key) <= 60_000 for key in keys)
+    client.close()
+
+
+def test_unreachable_redis_is_state_unavailable_within_the_timeout() -> None:
+    async def scenario(store: StateStore) -> None:
+        started = time.monotonic()
+        for operation in (store.get("k"), store.add("k", "v", 1), store.take("b", 1, 0.0)):
+            with pytest.raises(StateUnavailable):
+                await operation
+        assert time.monotonic() - started < 3.0
+
+    run(lambda: RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.3), scenario)
+
+
+def test_redis_that_stops_answering_times_out_then_recovers(tmp_path) -> None:
+    server = RedisServer(tmp_path).start()
+
+    async def scenario(store: StateStore) -> None:
+        await store.set("k", "v", 30)
+        server.freeze()
+        try:
+            started = time.monotonic()
+            with pytest.raises(StateUnavailable):
+                await store.get("k")
+            assert time.monotonic() - started < 2.0
+        finally:
+            server.thaw()
+        assert await store.get("k") == "v"
+        # Killed and started again on the same port: the next operation reconnects.
+        server.kill()
+        with pytest.raises(StateUnavailable):
+            await store.get("k")
+        server.start()
+        assert await store.get("k") is None  # in memory only: the restart forgot it
+        assert await store.add("k", "w", 30) is True
+
+    try:
+        run(lambda: RedisStore(server.url, timeout=0.3), scenario)
+    finally:
+        server.stop()
