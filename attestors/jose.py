@@ -49,24 +49,28 @@ def algorithm_for_key(key: object) -> str | None:
     return None
 
 
+class _StrictJSONError(ValueError):
+    """Why a JSON text was refused, in words safe to return to a caller."""
+
+
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise InvalidEvidence(f"duplicate JSON member {key!r}")
+            raise _StrictJSONError(f"duplicate JSON member {key!r}")
         result[key] = value
     return result
 
 
 def _reject_constant(name: str) -> None:
-    raise InvalidEvidence(f"invalid JSON number {name}")
+    raise _StrictJSONError(f"invalid JSON number {name}")
 
 
 def _bounded_int(text: str) -> int:
-    # Claims travel on to the policy engine, whose integers are 64-bit.
+    # Values travel on to the policy engine, whose integers are 64-bit.
     value = int(text)
     if not -(2**63) <= value < 2**63:
-        raise InvalidEvidence("JSON integer out of range")
+        raise _StrictJSONError("JSON integer out of range")
     return value
 
 
@@ -74,22 +78,29 @@ def _finite_float(text: str) -> float:
     # 1e999 would parse as infinity, which JSON cannot carry on to the policy.
     value = float(text)
     if not math.isfinite(value):
-        raise InvalidEvidence("JSON number out of range")
+        raise _StrictJSONError("JSON number out of range")
     return value
 
 
+def strict_json(text: str) -> Any:
+    """Parse JSON refusing duplicate members, NaN/Infinity and numbers the policy engine cannot hold.
+
+    Raises ValueError; its message names the offending member or number when there is one.
+    """
+    return json.loads(
+        text,
+        object_pairs_hook=_reject_duplicates,
+        parse_constant=_reject_constant,
+        parse_int=_bounded_int,
+        parse_float=_finite_float,
+    )
+
+
 def strict_json_object(data: bytes, what: str) -> dict[str, Any]:
-    """Parse a JSON object, refusing duplicate members, NaN/Infinity, huge numbers and non-UTF-8."""
+    """Parse a JSON object with `strict_json`, refusing non-UTF-8 too."""
     try:
-        text = data.decode("utf-8")
-        value = json.loads(
-            text,
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-            parse_int=_bounded_int,
-            parse_float=_finite_float,
-        )
-    except InvalidEvidence as error:
+        value = strict_json(data.decode("utf-8"))
+    except _StrictJSONError as error:
         raise InvalidEvidence(f"{what}: {error}") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise InvalidEvidence(f"{what} is not valid JSON") from None

@@ -9,13 +9,13 @@ files that overlap.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import server
+from attestors.jose import strict_json
 
 ENTRYPOINT = "chit/decision"
 QUERY = "data.chit.decision"
@@ -77,15 +77,6 @@ def _merge(data: dict[str, Any], path: tuple[str, ...], document: Any, source: P
         existing[key] = value
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
 def uses_whole_input_override(source: str) -> bool:
     return bool(WITH_WHOLE_INPUT.search(_COMMENT.sub("", source)))
 
@@ -109,8 +100,8 @@ def load_policy_dir(root: Path, *, require_decision: bool = True, include_tests:
                 raise PolicyLoadError(f"{path}: cannot read: {error}") from None
         elif path.suffix == ".json":
             try:
-                document = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_reject_duplicates)
-            except (OSError, UnicodeDecodeError, ValueError) as error:
+                document = strict_json(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
                 raise PolicyLoadError(f"{path}: not valid JSON data: {error}") from None
             _merge(data, path.parent.relative_to(root).parts, document, path)
     if not modules:

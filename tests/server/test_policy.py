@@ -156,9 +156,11 @@ def broken_policy_config(tmp_path: Path, files: dict[str, str]) -> Path:
         ({"other.rego": "package other\n\ndecision := {}\n"}, "no rule `decision` in package chit"),
         ({"chit/decision.rego": "package chit\n\ndecision := {\n"}, "chit/decision.rego:3:"),
         ({"chit/decision.rego": "package chit\n\ndecision := {\"allow\": true}\n", "data.json": "{not json"}, "data.json: not valid JSON"),
-        ({"chit/decision.rego": "package chit\n\ndecision := {\"allow\": true}\n", "data.json": '{"a": 1, "a": 2}'}, "duplicate key"),
+        ({"chit/decision.rego": "package chit\n\ndecision := {\"allow\": true}\n", "data.json": '{"a": 1, "a": 2}'}, "duplicate JSON member 'a'"),
+        ({"chit/decision.rego": "package chit\n\ndecision := {\"allow\": true}\n", "data.json": '{"a": NaN}'}, "invalid JSON number NaN"),
+        ({"chit/decision.rego": "package chit\n\ndecision := {\"allow\": true}\n", "data.json": '{"a": 1e999}'}, "JSON number out of range"),
     ],
-    ids=["empty", "no-decision", "wrong-package", "syntax-error", "bad-data", "duplicate-data-key"],
+    ids=["empty", "no-decision", "wrong-package", "syntax-error", "bad-data", "duplicate-data-key", "nan-in-data", "infinite-number-in-data"],
 )
 def test_unusable_policy_stops_the_start(tmp_path: Path, files: dict[str, str], message: str) -> None:
     result = chit_serve(broken_policy_config(tmp_path, files))
