@@ -10,12 +10,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, NoReturn, Sequence
 
 from server.config import CONFIG_ENV, RESOLVED_CONFIG_ENV, Config, ConfigError, load_config
 
+if TYPE_CHECKING:
+    from server.state import StateStore
 
-def fail(message: str, code: int = 2) -> None:
+
+def fail(message: str, code: int = 2) -> NoReturn:
     print(f"chit: {message}", file=sys.stderr)
     raise SystemExit(code)
 
@@ -307,35 +310,43 @@ def cmd_config_check(args: argparse.Namespace) -> None:
 # --- chit aws -------------------------------------------------------------------------
 
 
-def cmd_aws_forget_instance(args: argparse.Namespace) -> None:
-    """Remove an instance's nonce binding: its next exchange binds a new nonce."""
+def _run_on_state_store(config: Config, operation: Callable[[StateStore], Awaitable[bool]], memory_refusal: str, unavailable: str) -> bool:
+    """Run one operator command against the configured state store (Redis: the
+    memory backend lives inside the server process, which a command cannot reach)."""
     import asyncio
 
-    from attestors.aws_iid import INSTANCE_ID, InstanceBindings
     from server.state import StateUnavailable, build_state_store
 
-    config = config_from_args(args)
-    if not INSTANCE_ID.fullmatch(args.instance_id):
-        fail(f"{args.instance_id!r} is not an EC2 instance id (i-0123456789abcdef0)")
     if config.state.backend == "memory":
-        fail(
-            "state.backend is memory: the nonce bindings live inside the running chit server process, "
-            "which this command cannot reach. Restarting the server forgets every binding; "
-            "use state.backend: redis to forget one instance at a time.",
-            1,
-        )
+        fail(f"state.backend is memory: {memory_refusal}", 1)
 
-    async def forget() -> bool:
+    async def run() -> bool:
         store = build_state_store(config)
         try:
-            return await InstanceBindings(store, config.attestors.aws_iid.binding_ttl_seconds).forget(args.instance_id)
+            return await operation(store)
         finally:
             await store.close()
 
     try:
-        forgotten = asyncio.run(forget())
+        return asyncio.run(run())
     except StateUnavailable as error:
-        fail(f"the state store is unavailable: {error}", 1)
+        fail(f"{unavailable}: {error}", 1)
+
+
+def cmd_aws_forget_instance(args: argparse.Namespace) -> None:
+    """Remove an instance's nonce binding: its next exchange binds a new nonce."""
+    from attestors.aws_iid import INSTANCE_ID, InstanceBindings
+
+    config = config_from_args(args)
+    if not INSTANCE_ID.fullmatch(args.instance_id):
+        fail(f"{args.instance_id!r} is not an EC2 instance id (i-0123456789abcdef0)")
+    forgotten = _run_on_state_store(
+        config,
+        lambda store: InstanceBindings(store, config.attestors.aws_iid.binding_ttl_seconds).forget(args.instance_id),
+        "the nonce bindings live inside the running chit server process, which this command cannot reach. "
+        "Restarting the server forgets every binding; use state.backend: redis to forget one instance at a time.",
+        "the state store is unavailable",
+    )
     if forgotten:
         print(f"forgot the nonce binding of {args.instance_id}; its next exchange binds a new nonce")
     else:
@@ -347,34 +358,20 @@ def cmd_aws_forget_instance(args: argparse.Namespace) -> None:
 
 def cmd_revoke(args: argparse.Namespace) -> None:
     """The operator's kill switch: revoke a subject's tokens and refuse its exchanges, or lift it."""
-    import asyncio
-
     from server.revocation import Revocations
-    from server.state import StateUnavailable, build_state_store
 
     config = config_from_args(args)
     prefix = f"spiffe://{config.trust_domain}/"
     if not args.subject.startswith(prefix) or len(args.subject) <= len(prefix) or not args.subject.isprintable():
         fail(f"{args.subject!r} is not a SPIFFE ID of trust domain {config.trust_domain} ({prefix}…)")
-    if config.state.backend == "memory":
-        fail(
-            "state.backend is memory: revocations live inside the running chit server process, "
-            "which this command cannot reach, so nothing was revoked. Use state.backend: redis "
-            "to revoke subjects; with the memory backend only POST /revoke (one token) is available.",
-            1,
-        )
-
-    async def change() -> bool:
-        store = build_state_store(config)
-        try:
-            return await Revocations(store).change_subject(args.subject, lift=args.lift, now=time.time())
-        finally:
-            await store.close()
-
-    try:
-        changed = asyncio.run(change())
-    except StateUnavailable as error:
-        fail(f"the state store is unavailable, nothing was changed: {error}", 1)
+    changed = _run_on_state_store(
+        config,
+        lambda store: Revocations(store).change_subject(args.subject, lift=args.lift, now=time.time()),
+        "revocations live inside the running chit server process, which this command cannot reach, "
+        "so nothing was revoked. Use state.backend: redis to revoke subjects; with the memory backend "
+        "only POST /revoke (one token) is available.",
+        "the state store is unavailable, nothing was changed",
+    )
     if args.lift:
         print(f"lifted the revocation of {args.subject}: new exchanges are allowed" if changed else f"{args.subject} is not revoked")
     else:
