@@ -260,3 +260,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the test module's own, for modules that kill it or need it empty."""
+    server = RedisServer(tmp_path_factory.mktemp("own-redis")).start()
+    yield server
+    server.stop()

@@ -51,10 +51,8 @@ def bindings() -> dict:
 
 
 @pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("replicas-redis")).start()
-    yield server
-    server.stop()
+def redis(own_redis: RedisServer) -> RedisServer:
+    return own_redis
 
 
 @pytest.fixture(scope="module")
