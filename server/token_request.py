@@ -97,7 +97,10 @@ def _targets(fields: dict[str, list[str]], name: str) -> tuple[str, ...]:
         if len(value) > 1024 or not value.isprintable():
             raise InvalidTarget(f"malformed {name}")
         if name == "resource":
-            parts = urlsplit(value)
+            try:
+                parts = urlsplit(value)
+            except ValueError:  # e.g. an unbalanced IPv6 bracket: "http://[x"
+                raise InvalidTarget("malformed resource") from None
             # RFC 8707 §2: "MUST be an absolute URI ... MUST NOT include a fragment component."
             if not parts.scheme or parts.fragment or "#" in value:
                 raise InvalidTarget("resource must be an absolute URI without a fragment")

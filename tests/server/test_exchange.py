@@ -83,6 +83,8 @@ def test_one_refused_target_refuses_the_exchange(chit: ChitServer, prod_issuer: 
 def test_resource_must_be_an_absolute_uri_without_fragment(chit: ChitServer, prod_issuer: ClusterIssuer) -> None:
     assert_refused(chit.exchange(prod_issuer.token(), resource="db.internal"), error="invalid_target")
     assert_refused(chit.exchange(prod_issuer.token(), resource="https://db.internal#frag"), error="invalid_target")
+    for unparsable in ("http://[x", "http://[::1", "http://]x"):  # urlsplit raises on these
+        assert_refused(chit.exchange(prod_issuer.token(), resource=unparsable), error="invalid_target")
 
 
 def test_several_targets_make_an_audience_array(chit: ChitServer, prod_issuer: ClusterIssuer) -> None:
