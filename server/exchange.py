@@ -143,7 +143,10 @@ class TokenExchange:
             actor = await self.attest("actor_token", request.actor_token_type, request.actor_token, now)
             await self.refuse_revoked("actor", actor.subject)
 
-        subject = await self.enrich(subject)
+        subject = await self.enrich("subject_token", subject)
+        if actor is not None:
+            # The actor's pod must exist and run too: a leaked token of a deleted pod is no actor.
+            actor = await self.enrich("actor_token", actor)
         decision = await self.decide(subject, actor, request, now)
         entry.reasons = decision.reasons
         aws_credentials = request.requested_token_type == TOKEN_TYPE_AWS_CREDENTIALS
@@ -180,13 +183,13 @@ class TokenExchange:
         if revoked:
             raise PolicyDenied("the exchange is not permitted", detail=f"{role} {subject} is revoked (chit revoke --subject)")
 
-    async def enrich(self, attestation: Attestation) -> Attestation:
+    async def enrich(self, parameter: str, attestation: Attestation) -> Attestation:
         try:
             return await self.attestors.enrich(attestation)
         except InvalidEvidence as error:
-            raise InvalidRequest(f"subject_token invalid: {error}") from None
+            raise InvalidRequest(f"{parameter} invalid: {error}") from None
         except EvidenceUnavailable as error:
-            raise TemporarilyUnavailable("cannot verify the workload right now", detail=str(error)) from None
+            raise TemporarilyUnavailable("cannot verify the workload right now", detail=f"{parameter}: {error}") from None
 
     async def decide(
         self, subject: Attestation, actor: Attestation | None, request: TokenRequest, now: float

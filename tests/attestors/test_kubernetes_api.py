@@ -237,6 +237,21 @@ def test_pod_mismatch_is_refused(chit: ChitServer, api: KubernetesApiStandIn, is
     assert chit.audit_for(body["decision_id"])["outcome"] == "invalid"
 
 
+def test_actor_token_of_a_pod_that_is_gone_is_refused(chit: ChitServer, api: KubernetesApiStandIn, issuer: ClusterIssuer) -> None:
+    """The actor's pod is looked up as the subject's is: a leaked token of a deleted pod is no actor."""
+    subject, actor = pod_token(issuer), pod_token(issuer)
+    api.add_pod(subject)
+    body = assert_refused(chit.exchange(subject, actor_token=actor, actor_token_type="urn:ietf:params:oauth:token-type:jwt"))
+    assert body["error_description"].startswith("actor_token invalid") and "does not exist" in body["error_description"]
+    assert ("GET", f"/api/v1/namespaces/payments/pods/{pod_name(actor)}") in [r[:2] for r in api.requests]
+
+    api.add_pod(actor)
+    import jwt
+
+    issued = assert_issued(chit.exchange(subject, actor_token=actor, actor_token_type="urn:ietf:params:oauth:token-type:jwt"))
+    assert jwt.decode(issued["access_token"], options={"verify_signature": False})["act"]["sub"].endswith("/ns/payments/sa/agent")
+
+
 # --- the API cannot answer: fail closed ------------------------------------------------------------
 
 
