@@ -91,6 +91,11 @@ def _directives(cache_control: str) -> dict[str, str]:
     return directives
 
 
+def _is_digits(value: str) -> bool:
+    """RFC 9111 delta-seconds: ASCII digits only (str.isdigit also accepts '²')."""
+    return value.isascii() and value.isdigit()
+
+
 def freshness_lifetime(headers: httpx.Headers, default: float = REFRESH_AFTER) -> float:
     """How long a response stays fresh, in seconds (RFC 9111 §4.2).
 
@@ -104,7 +109,7 @@ def freshness_lifetime(headers: httpx.Headers, default: float = REFRESH_AFTER) -
         return 0.0
     if "max-age" in directives:
         value = directives["max-age"]
-        lifetime = float(value) if value.isdigit() else 0.0
+        lifetime = float(value) if _is_digits(value) else 0.0
     elif "expires" in headers:
         expires = _http_date(headers["expires"])
         date = _http_date(headers.get("date", "")) or time.time()
@@ -112,7 +117,7 @@ def freshness_lifetime(headers: httpx.Headers, default: float = REFRESH_AFTER) -
     else:
         return default
     age = headers.get("age", "")
-    if age.isdigit():
+    if _is_digits(age):
         lifetime -= float(age)
     return min(max(lifetime, 0.0), MAX_CERTIFICATE_FRESHNESS)
 

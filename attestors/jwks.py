@@ -163,7 +163,7 @@ async def fetch_json_response(client: httpx.AsyncClient, url: str) -> tuple[Any,
         return json.loads(body), response.headers
     except httpx.HTTPError as error:
         raise EvidenceUnavailable(f"{url}: {type(error).__name__}") from None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to parse
         raise EvidenceUnavailable(f"{url} did not send JSON") from None
 
 
@@ -226,10 +226,21 @@ class RemoteKeySource(KeySource):
         except ValueError as error:
             raise EvidenceUnavailable(f"{uri}: {error}") from None
 
+    async def _guarded_fetch(self) -> None:
+        """`_fetch`, whose every failure is EvidenceUnavailable: keys that cannot be
+        had are a 503, whatever went wrong while getting them."""
+        try:
+            await self._fetch()
+        except EvidenceUnavailable:
+            raise
+        except Exception as error:  # noqa: BLE001 — a malformed answer must not become a 500
+            log.exception("fetching the keys of %s failed unexpectedly", self.label)
+            raise EvidenceUnavailable(f"unexpected {type(error).__name__}") from None
+
     def _start_fetch(self) -> asyncio.Future[None]:
         if self._inflight is None:
             self._attempted_at = time.monotonic()
-            self._inflight = asyncio.ensure_future(self._fetch())
+            self._inflight = asyncio.ensure_future(self._guarded_fetch())
             self._inflight.add_done_callback(self._fetched)
         return self._inflight
 

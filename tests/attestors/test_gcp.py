@@ -594,6 +594,8 @@ def test_gcp_disabled_refuses_google_tokens_without_a_request(tmp_path: Path, do
         ({"Cache-Control": "max-age=-5"}, 0),
         ({"Cache-Control": "max-age=soon"}, 0),
         ({"Cache-Control": 'max-age="600"'}, 600),
+        ({"Cache-Control": "max-age=\xb2".encode("latin-1")}, 0),  # '²' is a digit to str.isdigit
+        ({"Cache-Control": "max-age=60", "Age": "\xb2".encode("latin-1")}, 60),
         ({"Expires": "Wed, 21 Oct 2026 07:28:00 GMT", "Date": "Wed, 21 Oct 2026 07:18:00 GMT"}, 600),
         ({"Expires": "0", "Date": "Wed, 21 Oct 2026 07:18:00 GMT"}, 0),  # RFC 9111 §5.3: already expired
         ({"Cache-Control": "max-age=600", "Expires": "Wed, 21 Oct 2026 07:18:00 GMT"}, 600),  # max-age wins

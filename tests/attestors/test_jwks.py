@@ -18,11 +18,12 @@ from tests.factories import ChitServer, ClusterIssuer, DocumentServer, assert_is
 @pytest.fixture(scope="module")
 def issuers(documents: DocumentServer) -> dict[str, ClusterIssuer]:
     found = {}
-    for name in ("flaky", "rotating", "flood", "down", "garbage", "slow", "private"):
+    for name in ("flaky", "rotating", "flood", "down", "garbage", "deep", "slow", "private"):
         issuer = ClusterIssuer(name, f"https://{name}.k8s.chit.test")
         found[name] = issuer
         documents.serve(f"/{name}/jwks", issuer.jwks())
     documents.serve("/garbage/jwks", b"<html>not json</html>")
+    documents.serve("/deep/jwks", b"[" * 50_000 + b"]" * 50_000)  # JSON, nested deeper than Python parses
     documents.delays["/slow/jwks"] = 7
     private = found["private"]
     leaked = dict(private.jwk, d="AQAB")  # a JWKS that (wrongly) carries a private member
@@ -72,8 +73,9 @@ def test_unreachable_jwks_with_nothing_cached_is_503(chit_jwks: ChitServer, issu
     assert chit_jwks.audit_for(body["decision_id"])["outcome"] == "unavailable"
 
 
-def test_jwks_that_is_not_json_is_503(chit_jwks: ChitServer, issuers) -> None:
-    assert_refused(chit_jwks.exchange(issuers["garbage"].token()), status=503, error="temporarily_unavailable")
+@pytest.mark.parametrize("name", ["garbage", "deep"])
+def test_jwks_that_is_not_json_is_503(chit_jwks: ChitServer, issuers, name: str) -> None:
+    assert_refused(chit_jwks.exchange(issuers[name].token()), status=503, error="temporarily_unavailable")
 
 
 def test_jwks_that_times_out_is_503(chit_jwks: ChitServer, issuers) -> None:
