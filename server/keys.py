@@ -220,10 +220,15 @@ class KeyStore:
         keys = []
         for activation, path in files:
             try:
-                keys.append(load_key_file(path, activation))
+                key = load_key_file(path, activation)
+                mode = path.stat().st_mode
             except SigningKeyError as error:
                 log.error("%s", error)
-            if path.stat().st_mode & 0o077:
+                continue
+            except OSError:  # removed since the scan: `chit keys rotate` retired it
+                continue
+            keys.append(key)
+            if mode & 0o077:
                 log.warning("signing key %s is readable by group or others", path)
         self._keys = keys
         self._listing = listing

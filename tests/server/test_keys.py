@@ -78,6 +78,27 @@ def test_rotation_removes_keys_no_longer_published(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("signing-*.pem"))) == 2
 
 
+def test_key_removed_while_the_directory_is_read_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`chit keys rotate` in another process may retire a file between the scan and its reading."""
+    import server.keys
+
+    ensure_signing_key(tmp_path, "ES256")
+    store = KeyStore(tmp_path)
+    retiring = store.keys[0].path
+    survivor = rotate(tmp_path, "ES256", 0, now=time.time())
+    load = server.keys.load_key_file
+
+    def load_then_lose(path: Path, activates_at: int):
+        key = load(path, activates_at)
+        if path == retiring:
+            path.unlink()
+        return key
+
+    monkeypatch.setattr(server.keys, "load_key_file", load_then_lose)
+    store.reload(force=True)
+    assert [k.kid for k in store.keys] == [survivor.kid]
+
+
 def test_two_rotations_keep_their_order(tmp_path: Path) -> None:
     ensure_signing_key(tmp_path, "ES256")
     now = time.time()
