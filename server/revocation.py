@@ -30,7 +30,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from server.config import MAX_TOKEN_TTL
 from server.state import StateStore, StateUnavailable
@@ -69,6 +69,13 @@ def _dump_subjects(entries: dict[str, SubjectRevocation]) -> str:
     return json.dumps({s: {"at": e.at, "lifted": e.lifted} for s, e in sorted(entries.items())}, separators=(",", ":"))
 
 
+def _parties(claims: dict[str, Any], depth: int = 8) -> Iterator[dict[str, Any]]:
+    """The token's own claims, then each `act` of the delegation chain (RFC 8693 §4.1)."""
+    while isinstance(claims, dict) and depth > 0:
+        yield claims
+        claims, depth = claims.get("act"), depth - 1
+
+
 class Revocations:
     def __init__(self, state: StateStore):
         self.state = state
@@ -82,10 +89,14 @@ class Revocations:
         await self.state.set(JTI_PREFIX + jti, "1", max(1.0, expires_at - now + MAX_AGE))
 
     async def token_revoked(self, claims: dict[str, Any]) -> bool:
-        """A verified chit token's jti or subject is revoked (for introspection)."""
-        subject = (await self.subjects()).get(claims.get("sub", ""))
-        if subject is not None and subject.revokes_token_issued_at(claims.get("iat", 0)):
-            return True
+        """A verified chit token's jti, its subject or its actor (RFC 8693 `act`) is revoked
+        (for introspection): a revoked workload's delegated tokens die with it."""
+        revoked = await self.subjects()
+        for party in _parties(claims):
+            sub = party.get("sub")
+            entry = revoked.get(sub) if isinstance(sub, str) else None
+            if entry is not None and entry.revokes_token_issued_at(claims.get("iat", 0)):
+                return True
         jti = claims.get("jti")
         return isinstance(jti, str) and await self.state.get(JTI_PREFIX + jti) is not None
 

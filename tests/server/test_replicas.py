@@ -23,6 +23,7 @@ from tests.factories import (
     AWS_IID_TYPE,
     MOTO_ACCOUNT,
     ChitServer,
+    JWT_TYPE,
     ClusterIssuer,
     DocumentServer,
     RedisServer,
@@ -44,7 +45,7 @@ def bindings() -> dict:
     data = json.loads(json.dumps(TEST_BINDINGS))
     grant = {"scope": ["read:db"], "audience": [DB]}
     data["bindings"]["kubernetes"]["prod"]["ops"].update(
-        {"introspector": {"scope": ["chit:introspect"], "audience": [ISSUER]}, "revoked": grant, "limited": grant}
+        {"introspector": {"scope": ["chit:introspect"], "audience": [ISSUER]}, "revoked": grant, "limited": grant, "delegating": grant}
     )
     data["bindings"]["aws_iid"][MOTO_ACCOUNT] = {"us-east-1": grant}
     return data
@@ -108,6 +109,10 @@ def test_a_revoked_subject_is_refused_at_every_replica_within_a_second_until_lif
     first, second = replicas
     subject = "spiffe://example.org/k8s/prod/ns/ops/sa/revoked"
     before = assert_issued(second.exchange(prod_issuer.token("ops", "revoked")))["access_token"]
+    # A token another workload got with the revoked one as its actor (RFC 8693 `act`).
+    delegated = assert_issued(
+        second.exchange(prod_issuer.token("ops", "delegating"), actor_token=prod_issuer.token("ops", "revoked"), actor_token_type=JWT_TYPE)
+    )["access_token"]
 
     result = run_chit("revoke", "--subject", subject, "--config", str(first.config_path))
     assert result.returncode == 0, result.stderr
@@ -117,6 +122,7 @@ def test_a_revoked_subject_is_refused_at_every_replica_within_a_second_until_lif
         audit = replica.audit_for(body["decision_id"])
         assert audit["outcome"] == "denied" and any("revoked" in reason for reason in audit["reasons"])
         assert not replica.is_active(before, introspector)
+        assert not replica.is_active(delegated, introspector)
     assert_issued(first.exchange(prod_issuer.token("ops", "introspector"), audience=ISSUER))  # others are untouched
 
     result = run_chit("revoke", "--subject", subject, "--lift", "--config", str(second.config_path))
