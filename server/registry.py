@@ -16,12 +16,17 @@ clients count as unsigned.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import ipaddress
 import json
 import re
+import socket
 import time
 from dataclasses import dataclass
+from typing import Iterable
 
+import httpcore
 import httpx
 
 from server.config import is_loopback_host, require_safe_url
@@ -80,14 +85,87 @@ def is_digest(value: str | None) -> bool:
     return value is not None and bool(_DIGEST.fullmatch(value))
 
 
+def may_connect(host: str, port: int, addresses: Iterable[str], allowed: frozenset[str] | None) -> bool:
+    """Whether chit may open a connection to `host`:`port`, which resolved to `addresses`.
+
+    An allowlisted registry (`image_signatures.registries`, host:port or, for
+    ports 80 and 443, host alone) may be anywhere; any other host — a
+    registry, a redirect target, a token realm — only at public addresses,
+    every one of them.
+    """
+    if allowed is not None and (f"{host}:{port}" in allowed or (port in (80, 443) and host in allowed)):
+        return True
+    if host == "localhost":
+        return False
+    try:
+        return all(ipaddress.ip_address(address).is_global for address in addresses)
+    except ValueError:  # e.g. a scoped IPv6 address "fe80::1%eth0"
+        return False
+
+
+class _CheckedConnections(httpcore.AsyncNetworkBackend):
+    """Resolves each host itself, refuses what `may_connect` refuses, and connects to
+    the very addresses it checked (a second DNS answer cannot swap them)."""
+
+    def __init__(self, allowed: frozenset[str] | None):
+        self._allowed = allowed
+        self._backend = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None, socket_options=None):  # type: ignore[no-untyped-def]
+        try:
+            answers = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout)
+        except (OSError, asyncio.TimeoutError) as error:
+            raise httpcore.ConnectError(f"{host}: cannot resolve ({type(error).__name__})") from None
+        addresses = list(dict.fromkeys(str(answer[4][0]) for answer in answers))
+        if not addresses or not may_connect(host, port, addresses, self._allowed):
+            raise httpcore.ConnectError(f"{host}:{port} is not a host chit may contact (not allowlisted, not public)")
+        failure: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._backend.connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as error:
+                failure = error
+        assert failure is not None
+        raise failure
+
+    async def connect_unix_socket(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise httpcore.ConnectError("registries are reached over TCP only")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+class _RegistryTransport(httpx.AsyncHTTPTransport):
+    """Every request — the registry's, each redirect hop's, the token realm's —
+    over HTTPS (plain HTTP on loopback), through `_CheckedConnections`."""
+
+    def __init__(self, allowed: frozenset[str] | None):
+        super().__init__(trust_env=False)
+        # httpx's transport takes no network backend: its pool is replaced by one
+        # built as httpx builds it, with the checking backend.
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            network_backend=_CheckedConnections(allowed),
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme != "https" and not is_loopback_host(request.url.host):
+            raise httpx.UnsupportedProtocol(f"{request.url.host}: plain HTTP only on loopback")
+        return await super().handle_async_request(request)
+
+
 class RegistryClient:
-    def __init__(self, timeout: float, max_bytes: int = 256 * 1024):
+    def __init__(self, timeout: float, allowed: frozenset[str] | None = None, max_bytes: int = 256 * 1024):
+        """`allowed`: `image_signatures.registries` (None: public hosts only, see `may_connect`)."""
         self.max_bytes = max_bytes
         self._client = httpx.AsyncClient(
+            transport=_RegistryTransport(allowed),
             timeout=httpx.Timeout(timeout),
-            follow_redirects=True,  # registries serve blobs from storage redirects
+            follow_redirects=True,  # registries serve blobs from storage redirects; each hop is checked
             max_redirects=3,
-            trust_env=False,
             headers={"User-Agent": "chit"},
         )
         self._tokens: dict[str, tuple[float, str]] = {}  # challenge -> (expires, anonymous token)

@@ -65,12 +65,14 @@ def signature_tag(digest: str) -> str:
 
 
 def registry_reachable(registry: str, allowed: frozenset[str] | None) -> bool:
-    """Whether chit may send requests to `registry` (host[:port]).
+    """Whether chit may send requests to `registry` (host[:port]), as far as its name tells.
 
     Image references come from pod specs, which anyone who may create a pod
     writes: without an allowlist, a registry named by an address on this host,
     its link or a private network (the cloud metadata service, an internal
-    admin port) is never contacted.
+    admin port) is never contacted. A DNS name passes here; the addresses it
+    resolves to are checked when connecting (`server.registry.may_connect`),
+    as are redirect targets and token realms.
     """
     if allowed is not None:
         return registry in allowed
@@ -89,7 +91,7 @@ class ImageSignatures:
         self.keys = load_keys(keys)
         self.timeout = timeout
         self.registries = None if registries is None else frozenset(registries)
-        self._registry = RegistryClient(timeout) if self.keys else None
+        self._registry = RegistryClient(timeout, self.registries) if self.keys else None
         self._cache: dict[tuple[Repository, str], tuple[float, tuple[str, ...]]] = {}
 
     async def describe(self, images: tuple[ContainerImage, ...]) -> list[dict[str, Any]]:

@@ -258,8 +258,8 @@ class DocumentServer:
     """Serves JSON documents on 127.0.0.1 and counts requests per path.
 
     `failures[path] = status` makes a path answer that status, `delays[path]`
-    makes it slow, `headers[path]` adds response headers (e.g. Cache-Control);
-    `stop()` closes the socket.
+    makes it slow, `headers[path]` adds response headers (e.g. Cache-Control),
+    `redirects[path] = url` answers 302 to `url`; `stop()` closes the socket.
     """
 
     def __init__(self) -> None:
@@ -268,6 +268,7 @@ class DocumentServer:
         self.failures: dict[str, int] = {}
         self.delays: dict[str, float] = {}
         self.headers: dict[str, dict[str, str]] = {}
+        self.redirects: dict[str, str] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -275,6 +276,12 @@ class DocumentServer:
                 server.hits[self.path] = server.hits.get(self.path, 0) + 1
                 if self.path in server.delays:
                     time.sleep(server.delays[self.path])
+                if self.path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 status = server.failures.get(self.path)
                 document = server.documents.get(self.path)
                 if status is None and document is None:

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -188,14 +189,19 @@ def test_registry_with_token_auth_is_read_with_an_anonymous_pull_token(tmp_path:
     registry = OciRegistry(tmp_path, tokens)
     try:
         signed, unsigned = new_image(registry, RELEASE), new_image(registry)
+        realm_host = httpx.URL(tokens.realm).netloc.decode()
         tokens.requests.clear()
-        verdicts = describe(ImageSignatures(KEYS, 5, [registry.host]), signed, unsigned)
+        # A realm on a private address is asked only when it is allowlisted as the registry is.
+        assert describe(ImageSignatures(KEYS, 5, [registry.host]), signed)[0]["signed"] is False
+        assert tokens.requests == []
+        allowed = [registry.host, realm_host]
+        verdicts = describe(ImageSignatures(KEYS, 5, allowed), signed, unsigned)
         assert [(v["signed"], v["signers"]) for v in verdicts] == [(True, ["release"]), (False, [])]
         # chit asked for pull access only, without credentials, once per repository.
         assert sorted(r["scope"] for r in tokens.requests) == sorted(f"repository:{ref.split('/', 1)[1].split('@')[0]}:pull" for ref in (signed, unsigned))
         assert {r["authorization"] for r in tokens.requests} == {None}
         tokens.available = False  # no token, no signature: unsigned
-        assert describe(ImageSignatures(KEYS, 5, [registry.host]), signed)[0]["signed"] is False
+        assert describe(ImageSignatures(KEYS, 5, allowed), signed)[0]["signed"] is False
     finally:
         registry.stop()
         tokens.stop()
@@ -224,6 +230,64 @@ def test_by_default_addresses_on_this_host_its_link_or_private_networks_are_not_
 
     assert registry_reachable(registry, None) is reachable
     assert registry_reachable(registry, frozenset({registry})) is True
+
+
+@pytest.mark.parametrize(
+    "addresses, allowlist, allowed",
+    [
+        (["140.82.113.33"], None, True),
+        (["2606:50c0:8000::154"], None, True),
+        (["10.0.0.7"], None, False),  # a public-looking DNS name that resolves inside
+        (["169.254.169.254"], None, False),
+        (["140.82.113.33", "127.0.0.1"], None, False),  # every address must be public
+        (["fe80::1%eth0"], None, False),
+        (["10.0.0.7"], {"registry.example:443"}, True),
+        (["10.0.0.7"], {"registry.example"}, True),  # no port: 443 (and 80)
+        (["10.0.0.7"], {"registry.example:5000"}, False),
+        (["10.0.0.7"], {"other.example"}, False),
+    ],
+)
+def test_connections_go_only_to_allowlisted_hosts_or_public_addresses(addresses: list[str], allowlist: set[str] | None, allowed: bool) -> None:
+    """Checked on the addresses chit resolved and then connects to: for the
+    registry, each redirect hop and the token realm alike."""
+    from server.registry import may_connect
+
+    assert may_connect("registry.example", 443, addresses, None if allowlist is None else frozenset(allowlist)) is allowed
+    assert may_connect("localhost", 443, ["140.82.113.33"], None) is False
+
+
+def test_redirects_and_realms_leave_only_for_allowed_hosts(documents: DocumentServer) -> None:
+    """An allowlisted registry redirecting to an internal address does not make chit contact it."""
+    internal = DocumentServer()
+    try:
+        digest = "sha256:" + uuid.uuid4().hex * 2
+        registry = f"127.0.0.1:{documents.port}"
+        signature_path = f"/v2/team/redirecting/manifests/{digest.replace(':', '-')}.sig"
+        documents.redirects[signature_path] = internal.url("/latest/meta-data/iam")
+        internal.serve("/latest/meta-data/iam", {"token": "internal"})
+        ref = f"{registry}/team/redirecting@{digest}"
+        assert describe(ImageSignatures(KEYS, 2, [registry]), ref)[0]["signed"] is False
+        assert internal.hits == {}
+        # The same redirect to a host the operator allowlisted is followed (the test can see a contact).
+        assert describe(ImageSignatures(KEYS, 2, [registry, f"127.0.0.1:{internal.port}"]), ref)[0]["signed"] is False
+        assert internal.hits == {"/latest/meta-data/iam": 1}
+    finally:
+        internal.stop()
+        documents.redirects.clear()
+
+
+def test_plain_http_is_refused_beyond_loopback() -> None:
+    from server.registry import RegistryClient
+
+    async def fetch() -> None:
+        client = RegistryClient(1.0, frozenset({"registry.example:80"}))
+        try:
+            await client._client.get("http://registry.example/v2/")
+        finally:
+            await client.close()
+
+    with pytest.raises(httpx.UnsupportedProtocol, match="plain HTTP only on loopback"):
+        asyncio.run(fetch())
 
 
 def test_no_keys_means_no_registry_traffic(registry: OciRegistry) -> None:
