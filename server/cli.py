@@ -120,7 +120,7 @@ def start_server(config: Config, args: argparse.Namespace) -> None:
 
 def run_uvicorn(factory: str, host: str, port: int, workers: int) -> None:
     """Serve an app factory with chit's HTTP settings (also used by the benchmarks' floors)."""
-    from server.http import LimitedHttpToolsProtocol
+    from server.http import MAX_CONNECTIONS_PER_WORKER, LimitedHttpToolsProtocol
     from server.workers import Supervisor, serve
 
     settings = dict(
@@ -135,6 +135,7 @@ def run_uvicorn(factory: str, host: str, port: int, workers: int) -> None:
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=30,
+        limit_concurrency=MAX_CONNECTIONS_PER_WORKER,
         log_config=_log_config(),
     )
     if workers <= 1:

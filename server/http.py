@@ -2,7 +2,11 @@
 
 - a header block over 16 KB is answered 431 and the connection closed;
 - a client that stays idle for 10 s while a request is incomplete (before its
-  first byte, mid-headers or mid-body) is disconnected.
+  first byte, mid-headers or mid-body) is disconnected;
+- so is one whose request is not complete 20 s after its first byte: a client
+  trickling a byte every few seconds would otherwise hold a connection for
+  hours (uvicorn's `limit_concurrency`, set by `chit serve`, bounds how many
+  connections a worker holds at all).
 
 Body size (64 KB, 413) is checked where the body is read, in `server.app`.
 """
@@ -15,6 +19,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEADER_BYTES = 16 * 1024
 REQUEST_IDLE_SECONDS = 10.0
+REQUEST_DEADLINE_SECONDS = 20.0  # 64 KB of body and 16 KB of headers: at least 4 KB/s
+MAX_CONNECTIONS_PER_WORKER = 1000  # beyond it uvicorn answers 503 at once
 
 _431 = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
@@ -37,6 +43,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._too_large = False
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._awaiting_request = True
         self._arm_idle_timer()
 
@@ -50,13 +57,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._idle_timer.cancel()
             self._idle_timer = None
 
+    def _disarm_deadline(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+
     def _idle_timeout(self) -> None:
         self._idle_timer = None
+        self._deadline_timer = None
         if self._awaiting_request and not self.transport.is_closing():
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_idle_timer()
+        self._disarm_deadline()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -69,6 +83,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._awaiting_request = True
         self._arm_idle_timer()
+        self._disarm_deadline()
+        self._deadline_timer = self.loop.call_later(REQUEST_DEADLINE_SECONDS, self._idle_timeout)
 
     def _count(self, size: int) -> None:
         self._header_bytes += size
@@ -88,6 +104,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # The whole request is in: from here on any wait is chit's, not the client's.
         self._awaiting_request = False
         self._disarm_idle_timer()
+        self._disarm_deadline()
         super().on_message_complete()
 
     def on_response_complete(self) -> None:

@@ -157,22 +157,39 @@ def test_header_block_under_16_kb_is_served(chit: ChitServer) -> None:
     assert reply.startswith(b"HTTP/1.1 200")
 
 
-def test_client_idle_mid_request_is_disconnected(chit: ChitServer) -> None:
+def _seconds_until_closed(chit: ChitServer, chunks: list[bytes], pause: float) -> float:
+    """Send `chunks` `pause` seconds apart, then wait; how long until chit closes the connection."""
+    import select
+
     started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", chit.port), timeout=20) as sock:
-        sock.sendall(b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 500\r\n\r\ngrant_type=")
-        data = sock.recv(65536)
-        while data:  # the server may answer before closing; what matters is that it closes
-            data = sock.recv(65536)
-    elapsed = time.monotonic() - started
-    assert 9 <= elapsed < 15
+    with socket.create_connection(("127.0.0.1", chit.port), timeout=40) as sock:
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+                if select.select([sock], [], [], pause)[0] and not sock.recv(65536):
+                    return time.monotonic() - started
+            while sock.recv(65536):  # the server may answer before closing; what matters is that it closes
+                pass
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    return time.monotonic() - started
 
 
-def test_connection_that_sends_nothing_is_closed(chit: ChitServer) -> None:
-    started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", chit.port), timeout=20) as sock:
-        assert sock.recv(1) == b""
-    assert 9 <= time.monotonic() - started < 15
+def test_slow_clients_are_disconnected(chit: ChitServer) -> None:
+    """Idle for 10 s mid-request, or before the first byte, or a request still
+    incomplete 20 s after its first byte (a byte every 3 s): disconnected.
+    The three clients run together (20 s, not 40)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    head = b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 500\r\n\r\ngrant_type="
+    trickle = [bytes([byte]) for byte in b"POST /token HTTP/1.1\r\nHost: x\r\nX-Slow: yes\r\n"]  # 14 × 3 s > 20 s
+    with ThreadPoolExecutor(3) as pool:
+        idle = pool.submit(_seconds_until_closed, chit, [head], 0)
+        silent = pool.submit(_seconds_until_closed, chit, [], 0)
+        trickling = pool.submit(_seconds_until_closed, chit, trickle, 3)
+    assert 9 <= idle.result() < 15
+    assert 9 <= silent.result() < 15
+    assert 20 <= trickling.result() < 24
 
 
 def test_error_responses_never_carry_a_traceback(chit: ChitServer) -> None:
