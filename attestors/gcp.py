@@ -476,7 +476,8 @@ class ComputeEngine:
     async def instance(self, project_id: str, zone: str, instance_id: str) -> Mapping[str, Any]:
         """The instance resource; InvalidEvidence if there is none (404), else
         EvidenceUnavailable for any answer that is not a JSON object (401, 403, 429,
-        5xx, timeout, oversized). The parts are checked names (compute_engine_facts)."""
+        5xx, timeout, oversized). The URL's parts are names compute_engine_facts has
+        checked against Google's patterns: nothing in them can change the path."""
         url = f"{self.endpoint}/compute/v1/projects/{project_id}/zones/{zone}/instances/{instance_id}"
         headers = await self.authorization()
         try:
@@ -520,7 +521,7 @@ def instance_facts(instance: Mapping[str, Any], facts: Mapping[str, Any]) -> dic
     if instance.get("name") != facts["instance_name"]:
         raise InvalidEvidence("the instance has another name than the token says")
     if _creation_time(instance.get("creationTimestamp")) != facts["instance_creation_timestamp"]:
-        # The id is unique, but the creation time is what ties the token to this very instance.
+        # To the second (the token's is in whole seconds): the token's VM, not one made since under its name.
         raise InvalidEvidence("the instance was created at another time than the token says")
     status = instance.get("status")
     if status not in _LIVE_STATUSES:
