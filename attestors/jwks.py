@@ -134,25 +134,35 @@ class FileKeySource(KeySource):
         return found
 
 
-def http_client(ca_file: Path | None = None) -> httpx.AsyncClient:
-    """An HTTP client for key material: TLS verified, bounded in time, no redirects."""
+def http_client(ca_file: Path | None = None, timeout: float = FETCH_TIMEOUT) -> httpx.AsyncClient:
+    """An HTTP client for key material (and platform APIs): TLS verified, bounded in
+    time, no redirects."""
     context = ssl.create_default_context()
     if ca_file is not None:
         context.load_verify_locations(cafile=str(ca_file))
     return httpx.AsyncClient(
         verify=context,
-        timeout=httpx.Timeout(FETCH_TIMEOUT),
+        timeout=httpx.Timeout(timeout),
         follow_redirects=False,
         headers={"Accept": "application/json", "User-Agent": "chit"},
         trust_env=False,
     )
 
 
-async def fetch_json_response(client: httpx.AsyncClient, url: str) -> tuple[Any, httpx.Headers]:
+class DocumentNotFound(EvidenceUnavailable):
+    """The URL answered 404: a caller for whom absence is an answer (an instance that
+    does not exist) catches this; for every other caller it is one more failure."""
+
+
+async def fetch_json_response(
+    client: httpx.AsyncClient, url: str, headers: Mapping[str, str] | None = None
+) -> tuple[Any, httpx.Headers]:
     """GET a JSON document of bounded size, with the response headers; any failure
-    raises EvidenceUnavailable."""
+    raises EvidenceUnavailable (404: its subclass DocumentNotFound)."""
     try:
-        async with client.stream("GET", url) as response:
+        async with client.stream("GET", url, headers=headers) as response:
+            if response.status_code == 404:
+                raise DocumentNotFound(f"{url} answered HTTP 404")
             if response.status_code != 200:
                 raise EvidenceUnavailable(f"{url} answered HTTP {response.status_code}")
             body = bytearray()

@@ -210,12 +210,25 @@ class GcpAttestor(_Section):
     require_full_format: bool = True
     project_ids: Annotated[list[str], Field(min_length=1)] | None = None
     single_use: bool = False
+    # Look the instance up in the Compute Engine API (instances.get) with chit's
+    # Application Default Credentials: it must exist, match the token, and run.
     verify_instance: bool = False
+    compute_endpoint: str = "https://compute.googleapis.com"
+    compute_timeout_ms: Annotated[int, Field(gt=0, le=60_000)] = 3000  # each instances.get, and each wait for an access token
 
     @field_validator("certs_url")
     @classmethod
     def _certs_url(cls, value: str) -> str:
         return require_safe_url(value, "certs_url")
+
+    @field_validator("compute_endpoint")
+    @classmethod
+    def _compute_endpoint(cls, value: str) -> str:
+        require_safe_url(value, "compute_endpoint")
+        parts = urlsplit(value)
+        if parts.path.strip("/") or parts.query or parts.fragment:
+            raise ValueError(f"compute_endpoint must be a scheme and host only (chit adds /compute/v1/…), got {value!r}")
+        return value.rstrip("/")
 
     @field_validator("project_ids")
     @classmethod
@@ -225,12 +238,12 @@ class GcpAttestor(_Section):
                 raise ValueError(f"{project_id!r} is not a Google Cloud project id")
         return value
 
-    @field_validator("verify_instance")
-    @classmethod
-    def _verify_instance(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("is not available in this version (the Compute Engine API lookup is not implemented); set it to false")
-        return value
+    @model_validator(mode="after")
+    def _instance_to_verify(self) -> GcpAttestor:
+        # A standard-format token names no instance: there would be nothing to look up.
+        if self.verify_instance and not self.require_full_format:
+            raise ValueError("verify_instance: true needs require_full_format: true (a standard-format token names no instance to look up)")
+        return self
 
 
 class Attestors(_Section):

@@ -40,6 +40,12 @@ SIGN_SECONDS = STEP_SECONDS.labels("sign")
 KEY_FETCHES = Counter(
     "chit_key_fetches_total", "Fetches of verification keys (cluster JWKS, Google's certificates)", ["source", "result"]
 )
+INSTANCE_LOOKUPS = Counter(
+    "chit_instance_lookups_total",
+    "Platform API lookups of an attested instance (GCP Compute Engine instances.get): ok, invalid (absent, "
+    "mismatched or not running) or error (the API or its credentials could not answer)",
+    ["api", "result"],
+)
 STATE_ERRORS = Counter("chit_state_store_errors_total", "State store operations that failed or timed out", ["operation"])
 
 

@@ -322,6 +322,245 @@ class DocumentServer:
         self.httpd.server_close()
 
 
+# --- Google Cloud APIs: the OAuth token endpoint and Compute Engine's instances.get ---------
+
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+COMPUTE_SCOPES = frozenset({"https://www.googleapis.com/auth/compute.readonly", "https://www.googleapis.com/auth/compute",
+                            "https://www.googleapis.com/auth/cloud-platform"})
+
+
+class GoogleServiceAccount:
+    """A service account with a (test) key, and its key file as the Cloud console
+    downloads it: what GOOGLE_APPLICATION_CREDENTIALS names for chit's ADC."""
+
+    def __init__(self, email: str, token_uri: str):
+        self.email = email
+        self.token_uri = token_uri
+        self.key_id = uuid.uuid4().hex
+        self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def key_file(self, path: Path) -> Path:
+        pem = self.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        project_id = self.email.split("@", 1)[1].split(".", 1)[0]
+        path.write_text(json.dumps({
+            "type": "service_account",
+            "project_id": project_id,
+            "private_key_id": self.key_id,
+            "private_key": pem.decode(),
+            "client_email": self.email,
+            "client_id": "104318925392713268143",
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": self.token_uri,
+            "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
+            "client_x509_cert_url": f"https://www.googleapis.com/robot/v1/metadata/x509/{self.email}",
+            "universe_domain": "googleapis.com",
+        }))
+        path.chmod(0o600)
+        return path
+
+
+def _google_error(code: int, status: str, message: str, reason: str) -> dict[str, Any]:
+    """Google APIs' error body (https://cloud.google.com/apis/design/errors)."""
+    return {"error": {"code": code, "message": message, "errors": [{"message": message, "domain": "global", "reason": reason}], "status": status}}
+
+
+class _JsonApi(DocumentServer):
+    """A DocumentServer whose handler `answer`s each request (method, path, headers, body)
+    with a status and a JSON document; `hits`, `failures` and `delays` work per path,
+    `raw[path]` answers 200 with those bytes instead."""
+
+    def __init__(self) -> None:
+        self.raw: dict[str, bytes] = {}
+        super().__init__()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def handle_api(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                api.hits[self.path] = api.hits.get(self.path, 0) + 1
+                if self.path in api.delays:
+                    time.sleep(api.delays[self.path])
+                if self.path in api.failures:
+                    status = api.failures[self.path]
+                    self.send(status, json.dumps(_google_error(status, "UNAVAILABLE", "stand-in failure", "backendError")).encode())
+                    return
+                if self.path in api.raw:
+                    self.send(200, api.raw[self.path])
+                    return
+                status, document = api.answer(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                self.send(status, json.dumps(document).encode())
+
+            def send(self, status: int, payload: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=UTF-8")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = handle_api  # noqa: N815
+
+        self.httpd.RequestHandlerClass = Handler
+
+    def answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        raise NotImplementedError
+
+
+class GoogleTokenEndpoint(_JsonApi):
+    """Google's OAuth 2.0 token endpoint (oauth2.googleapis.com/token) for service
+    accounts: the JWT bearer grant (RFC 7523) whose assertion must verify (RS256)
+    with a registered account's public key under its `kid`, `iss` the account,
+    `aud` Google's token endpoint (google-auth addresses it there whatever the key
+    file's `token_uri`), unexpired, with a `scope`. It answers an access token for an
+    hour, as Google does; anything else is 400 `invalid_grant`."""
+
+    PATH = "/token"
+    AUDIENCE = "https://oauth2.googleapis.com/token"
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, GoogleServiceAccount] = {}
+        self.tokens: dict[str, tuple[str, frozenset[str]]] = {}  # access token -> (email, scopes)
+        super().__init__()
+        self.token_uri = self.url(self.PATH)
+
+    def account(self, email: str) -> GoogleServiceAccount:
+        """A new account with a key this endpoint knows."""
+        account = GoogleServiceAccount(email, self.token_uri)
+        self.accounts[email] = account
+        return account
+
+    def answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        from urllib.parse import parse_qs
+
+        def refused(description: str) -> tuple[int, Any]:
+            return 400, {"error": "invalid_grant", "error_description": description}
+
+        if method != "POST" or path != self.PATH:
+            return 404, _google_error(404, "NOT_FOUND", "Not Found", "notFound")
+        form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+        if form.get("grant_type") != JWT_BEARER_GRANT or "assertion" not in form:
+            return 400, {"error": "unsupported_grant_type", "error_description": "Invalid grant_type"}
+        try:
+            header = jwt.get_unverified_header(form["assertion"])
+            issuer = jwt.decode(form["assertion"], options={"verify_signature": False}).get("iss")
+        except jwt.PyJWTError:
+            return refused("Invalid JWT.")
+        account = self.accounts.get(issuer)
+        if account is None or header.get("kid") != account.key_id:
+            return refused("Invalid JWT Signature.")
+        try:
+            claims = jwt.decode(form["assertion"], account.private_key.public_key(), algorithms=["RS256"],
+                                audience=self.AUDIENCE, issuer=account.email, options={"require": ["exp", "iat"]})
+        except jwt.PyJWTError:
+            return refused("Invalid JWT Signature.")
+        scopes = frozenset(str(claims.get("scope", "")).split())
+        if not scopes:
+            return refused("Invalid OAuth scope or ID token audience provided.")
+        token = "ya29.c." + b64url(os.urandom(48))
+        self.tokens[token] = (account.email, scopes)
+        return 200, {"access_token": token, "expires_in": 3599, "token_type": "Bearer"}
+
+
+def compute_instance(engine: dict[str, Any], email: str, *, status: str = "RUNNING", labels: dict[str, str] | None = None, **overrides: Any) -> dict[str, Any]:
+    """A Compute Engine instance resource (instances.get, compute/v1) for the instance
+    a token's `google.compute_engine` claims name, in the API's JSON shape: resources
+    named by URL, the id as a string, the creation time in RFC 3339 with
+    milliseconds and a Pacific-time offset."""
+    project, zone, name = engine["project_id"], engine["zone"], engine["instance_name"]
+    region = zone.rsplit("-", 1)[0]
+    base = f"https://www.googleapis.com/compute/v1/projects/{project}"
+    pacific = datetime.timezone(datetime.timedelta(hours=-8))
+    created = datetime.datetime.fromtimestamp(engine["instance_creation_timestamp"] + 0.417, pacific).isoformat(timespec="milliseconds")
+    instance: dict[str, Any] = {
+        "kind": "compute#instance",
+        "id": engine["instance_id"],
+        "creationTimestamp": created,
+        "name": name,
+        "tags": {"fingerprint": "42WmSpB8rSM="},
+        "machineType": f"{base}/zones/{zone}/machineTypes/e2-medium",
+        "status": status,
+        "zone": f"{base}/zones/{zone}",
+        "canIpForward": False,
+        "networkInterfaces": [{
+            "kind": "compute#networkInterface",
+            "network": f"{base}/global/networks/payments-vpc",
+            "subnetwork": f"{base}/regions/{region}/subnetworks/agents",
+            "networkIP": "10.132.0.7",
+            "name": "nic0",
+            "fingerprint": "Qz6m4hM1n4k=",
+            "stackType": "IPV4_ONLY",
+        }, {
+            "kind": "compute#networkInterface",
+            "network": f"{base}/global/networks/management",
+            "subnetwork": f"{base}/regions/{region}/subnetworks/management",
+            "networkIP": "10.200.0.7",
+            "name": "nic1",
+        }],
+        "disks": [{"kind": "compute#attachedDisk", "type": "PERSISTENT", "mode": "READ_WRITE", "source": f"{base}/zones/{zone}/disks/{name}",
+                   "deviceName": "persistent-disk-0", "index": 0, "boot": True, "autoDelete": True, "interface": "SCSI", "diskSizeGb": "10"}],
+        "metadata": {"kind": "compute#metadata", "fingerprint": "cPq6lqmXjZ8="},
+        "serviceAccounts": [{"email": email, "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}],
+        "selfLink": f"{base}/zones/{zone}/instances/{name}",
+        "scheduling": {"onHostMaintenance": "MIGRATE", "automaticRestart": True, "preemptible": False, "provisioningModel": "STANDARD"},
+        "cpuPlatform": "Intel Broadwell",
+        "labelFingerprint": "bRnA5hlxeHw=",
+        "startRestricted": False,
+        "deletionProtection": False,
+        "fingerprint": "1X5VN9fpNDc=",
+        "lastStartTimestamp": created,
+    }
+    if labels:
+        instance["labels"] = labels  # Google leaves the key out when there are none
+    return _apply(instance, overrides)
+
+
+class ComputeApiStandIn(_JsonApi):
+    """The Compute Engine API's instances.get on 127.0.0.1, at its real path
+    `GET /compute/v1/projects/PROJECT/zones/ZONE/instances/INSTANCE` (the name or the
+    numeric id), answering the instance resource or Google's 404 `notFound`. Every
+    request needs `Authorization: Bearer` with an access token `tokens` issued with a
+    Compute scope, else 401 (403 for a token without one), as Google's API does."""
+
+    def __init__(self, tokens: GoogleTokenEndpoint):
+        self.token_endpoint = tokens
+        self.instances: dict[tuple[str, str, str], dict[str, Any]] = {}  # (project, zone, id) -> resource
+        self.bearers: list[str] = []  # the access token of every authorized request
+        super().__init__()
+        self.endpoint = self.url("")
+
+    @staticmethod
+    def path(project: str, zone: str, instance: str) -> str:
+        return f"/compute/v1/projects/{project}/zones/{zone}/instances/{instance}"
+
+    def add(self, instance: dict[str, Any], *, instance_id: str | None = None) -> dict[str, Any]:
+        """Serve `instance` (under `instance_id`, default its own `id`); returns it."""
+        parts = instance["zone"].split("/")
+        project, zone = parts[parts.index("projects") + 1], parts[-1]
+        self.instances[(project, zone, instance_id or instance["id"])] = instance
+        return instance
+
+    def answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        issued = self.token_endpoint.tokens.get(token) if scheme == "Bearer" else None
+        if issued is None:
+            return 401, _google_error(401, "UNAUTHENTICATED", "Request is missing required authentication credential.", "required")
+        if not issued[1] & COMPUTE_SCOPES:
+            return 403, _google_error(403, "PERMISSION_DENIED", "Request had insufficient authentication scopes.", "insufficientPermissions")
+        self.bearers.append(token)
+        parts = path.split("/")
+        if method != "GET" or len(parts) != 9 or parts[1:4] != ["compute", "v1", "projects"] or parts[5] != "zones" or parts[7] != "instances":
+            return 404, _google_error(404, "NOT_FOUND", "Not Found", "notFound")
+        project, zone, wanted = parts[4], parts[6], parts[8]
+        found = self.instances.get((project, zone, wanted)) or next(
+            (i for (p, z, _), i in self.instances.items() if (p, z) == (project, zone) and i["name"] == wanted), None)
+        if found is None:
+            message = f"The resource 'projects/{project}/zones/{zone}/instances/{wanted}' was not found"
+            return 404, _google_error(404, "NOT_FOUND", message, "notFound")
+        return 200, found
+
+
 # --- stand-ins for the platforms' metadata services --------------------------------------
 
 

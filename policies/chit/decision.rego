@@ -64,10 +64,10 @@ binding := data.bindings.aws_iid[input.attestation.account_id][input.attestation
 }
 
 # The optional constraints, as one rule: the first that fails names the
-# refusal. `image_ids` and `tags` apply to EC2 instances; tags are known only
-# with attestors.aws_iid.verify_instance (without it, a binding requiring tags
-# grants nothing). `data.allowed_regions[kind]` and a namespace's image
-# signers apply whatever the binding says.
+# refusal. `image_ids` and `tags` apply to EC2 instances, `labels` to GCP VMs;
+# tags and labels are known only with the attestor's verify_instance (without
+# it, a binding requiring them grants nothing). `data.allowed_regions[kind]`
+# and a namespace's image signers apply whatever the binding says.
 binding_refusal := "region not allowed by the binding" if {
 	binding.regions
 	not input.attestation.region in binding.regions
@@ -77,6 +77,9 @@ binding_refusal := "region not allowed by the binding" if {
 } else := "instance tags do not match the binding" if {
 	some key, value in binding.tags
 	not input.attestation.tags[key] == value
+} else := "instance labels do not match the binding" if {
+	some key, value in binding.labels
+	not input.attestation.labels[key] == value
 } else := "region not allowed for this kind of workload" if {
 	allowed := data.allowed_regions[input.attestation.kind]
 	not input.attestation.region in allowed

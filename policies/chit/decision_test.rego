@@ -109,6 +109,7 @@ gcp_bindings := {"gcp": {"payments-prod": {
 	"agent@payments-prod.iam.gserviceaccount.com": {"scope": ["read:db"], "audience": ["https://db.internal"], "ttl": 300},
 	"zonal@payments-prod.iam.gserviceaccount.com": {"scope": ["read:db"], "audience": ["https://db.internal"], "zones": ["europe-west1-b", "europe-west1-c"]},
 	"regional@payments-prod.iam.gserviceaccount.com": {"scope": ["read:db"], "audience": ["https://db.internal"], "regions": ["europe-west1"]},
+	"labelled@payments-prod.iam.gserviceaccount.com": {"scope": ["read:db"], "audience": ["https://db.internal"], "labels": {"team": "payments", "env": "prod"}},
 }}}
 
 # A verified full-format Compute Engine attestation.
@@ -164,6 +165,30 @@ test_gcp_region_outside_the_binding_is_denied if {
 	d := data.chit.decision with input.attestation as a with data.bindings as b
 	d.allow == false
 	d.reasons == ["region not allowed by the binding"]
+}
+
+# `labels` come from the Compute Engine API (attestors.gcp.verify_instance).
+test_gcp_instance_with_the_required_labels_is_allowed if {
+	a := object.union(gcp_agent, {"email": "labelled@payments-prod.iam.gserviceaccount.com", "labels": {"team": "payments", "env": "prod", "x": "y"}})
+	b := gcp_bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == true
+}
+
+test_gcp_instance_with_other_labels_is_denied if {
+	a := object.union(gcp_agent, {"email": "labelled@payments-prod.iam.gserviceaccount.com", "labels": {"team": "payments", "env": "dev"}})
+	b := gcp_bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+	d.reasons == ["instance labels do not match the binding"]
+}
+
+test_gcp_instance_without_known_labels_is_denied_when_labels_are_required if {
+	a := object.union(gcp_agent, {"email": "labelled@payments-prod.iam.gserviceaccount.com"})
+	b := gcp_bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+	d.reasons == ["instance labels do not match the binding"]
 }
 
 test_gcp_standard_token_matches_no_binding if {

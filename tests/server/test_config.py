@@ -37,6 +37,7 @@ def test_minimal_config_has_the_documented_defaults(tmp_path: Path) -> None:
     assert gcp.enabled and gcp.audiences == [] and gcp.require_full_format
     assert gcp.certs_url == "https://www.googleapis.com/oauth2/v1/certs"
     assert gcp.project_ids is None and not gcp.single_use and not gcp.verify_instance
+    assert gcp.compute_endpoint == "https://compute.googleapis.com" and gcp.compute_timeout_ms == 3000
 
 
 @pytest.mark.parametrize(
@@ -71,11 +72,18 @@ def test_minimal_config_has_the_documented_defaults(tmp_path: Path) -> None:
         (MINIMAL + "attestors: {gcp: {audiences: ['']}}\n", "attestors.gcp.audiences[0]"),
         (MINIMAL + "attestors: {gcp: {project_ids: []}}\n", "attestors.gcp.project_ids"),
         (MINIMAL + "attestors: {gcp: {project_ids: [Payments_Prod]}}\n", "'Payments_Prod' is not a Google Cloud project id"),
-        (MINIMAL + "attestors: {gcp: {verify_instance: true}}\n", "attestors.gcp.verify_instance: is not available"),
+        (MINIMAL + "attestors: {gcp: {verify_instance: true, compute_endpoint: 'http://compute.googleapis.com'}}\n",
+         "attestors.gcp.compute_endpoint: compute_endpoint must be an https:// URL"),
+        (MINIMAL + "attestors: {gcp: {compute_endpoint: 'https://compute.googleapis.com/compute/v1'}}\n",
+         "attestors.gcp.compute_endpoint: compute_endpoint must be a scheme and host only"),
+        (MINIMAL + "attestors: {gcp: {compute_timeout_ms: 0}}\n", "attestors.gcp.compute_timeout_ms"),
+        (MINIMAL + "attestors: {gcp: {verify_instance: true, require_full_format: false}}\n",
+         "attestors.gcp: verify_instance: true needs require_full_format: true"),
     ],
     ids=["typo", "unknown-top", "ttl-over-900", "ttl-string", "hs256", "engine", "no-issuer", "http-issuer", "issuer-query",
          "trust-domain", "jwks-http", "no-key-source", "no-audience", "cluster-name", "duplicate-cluster", "own-issuer", "redis-url", "dev-key",
-         "gcp-certs-http", "gcp-empty-audience", "gcp-empty-allowlist", "gcp-bad-project", "gcp-verify-instance"],
+         "gcp-certs-http", "gcp-empty-audience", "gcp-empty-allowlist", "gcp-bad-project", "gcp-compute-http",
+         "gcp-compute-path", "gcp-compute-timeout", "gcp-verify-standard-format"],
 )
 def test_invalid_config_names_the_key_and_the_file(tmp_path: Path, text: str, key: str) -> None:
     path = write(tmp_path, text)
@@ -83,6 +91,12 @@ def test_invalid_config_names_the_key_and_the_file(tmp_path: Path, text: str, ke
         load_config(path)
     assert str(path) in str(error.value)
     assert key in str(error.value), str(error.value)
+
+
+def test_gcp_verify_instance_is_accepted(tmp_path: Path) -> None:
+    text = MINIMAL + "attestors: {gcp: {verify_instance: true, compute_endpoint: 'http://127.0.0.1:9/', compute_timeout_ms: 1500}}\n"
+    gcp = load_config(write(tmp_path, text)).attestors.gcp
+    assert gcp.verify_instance and gcp.compute_endpoint == "http://127.0.0.1:9" and gcp.compute_timeout_ms == 1500
 
 
 def test_duplicate_yaml_keys_are_refused(tmp_path: Path) -> None:
