@@ -263,8 +263,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A redis-server of the test module's own, for modules that kill it or need it empty."""
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the test module's own, for modules that kill it or need it empty
+    (`redis_server` is the one the session shares)."""
     server = RedisServer(tmp_path_factory.mktemp("own-redis")).start()
     yield server
     server.stop()

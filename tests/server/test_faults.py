@@ -53,11 +53,6 @@ def bindings(issuer: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def redis(own_redis: RedisServer) -> RedisServer:
-    return own_redis
-
-
-@pytest.fixture(scope="module")
 def chit(
     tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, prod_issuer: ClusterIssuer, aws_regions: AwsRegions, redis: RedisServer
 ) -> Iterator[ChitServer]:

@@ -52,11 +52,6 @@ def bindings() -> dict:
 
 
 @pytest.fixture(scope="module")
-def redis(own_redis: RedisServer) -> RedisServer:
-    return own_redis
-
-
-@pytest.fixture(scope="module")
 def replicas(
     tmp_path_factory: pytest.TempPathFactory,
     documents: DocumentServer,
