@@ -5,6 +5,7 @@ HTTP server standing in for its JWKS endpoint, and a real `chit serve` process.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import json
 import os
@@ -19,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 import jwt
@@ -893,6 +894,16 @@ class OpaStandIn:
             stderr=subprocess.STDOUT,
         )
         wait_for_http(self.client, "/health", self.process, log_dir / "opa.log")
+
+    @classmethod
+    @contextlib.contextmanager
+    def over(cls, directory: Path, bindings: dict[str, Any]) -> Iterator[OpaStandIn]:
+        """A stand-in serving the shipped policy over `bindings`, stopped on exit."""
+        server = cls(copy_policy(directory / "policies", bindings), directory)
+        try:
+            yield server
+        finally:
+            server.stop()
 
     def fault(self, **fault: Any) -> None:
         """status/body (a fixed answer), delay (seconds), close (drop the connection), paths."""

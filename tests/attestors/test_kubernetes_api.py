@@ -24,7 +24,6 @@ from tests.factories import (
     OpaStandIn,
     assert_issued,
     assert_refused,
-    copy_policy,
     free_port,
 )
 
@@ -53,10 +52,8 @@ def api(issuer: ClusterIssuer) -> Iterator[KubernetesApiStandIn]:
 
 @pytest.fixture(scope="module")
 def opa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaStandIn]:
-    directory = tmp_path_factory.mktemp("opa-k8s")
-    server = OpaStandIn(copy_policy(directory / "policies", BINDINGS), directory)
-    yield server
-    server.stop()
+    with OpaStandIn.over(tmp_path_factory.mktemp("opa-k8s"), BINDINGS) as server:
+        yield server
 
 
 def cluster(documents: DocumentServer, server: str, token_file: Path, **checks: Any) -> dict[str, Any]:

@@ -178,10 +178,8 @@ def test_metrics_count_the_exchanges_of_every_worker(chit: ChitServer, prod_issu
 
 @pytest.fixture(scope="module")
 def slow_opa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaStandIn]:
-    directory = tmp_path_factory.mktemp("sigterm-opa")
-    server = OpaStandIn(copy_policy(directory / "policies", TEST_BINDINGS), directory)
-    yield server
-    server.stop()
+    with OpaStandIn.over(tmp_path_factory.mktemp("sigterm-opa"), TEST_BINDINGS) as server:
+        yield server
 
 
 def connection_refused(port: int) -> bool:

@@ -10,7 +10,7 @@ from typing import Iterator
 import pytest
 
 from tests.conftest import PROD_ISSUER, TEST_BINDINGS
-from tests.factories import ChitServer, ClusterIssuer, DocumentServer, OpaStandIn, assert_issued, assert_refused, copy_policy, free_port
+from tests.factories import ChitServer, ClusterIssuer, DocumentServer, OpaStandIn, assert_issued, assert_refused, free_port
 
 TIMEOUT_MS = 1500
 
@@ -39,10 +39,8 @@ def opa_chit(directory: Path, documents: DocumentServer, opa_url: str) -> ChitSe
 
 @pytest.fixture(scope="module")
 def opa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaStandIn]:
-    directory = tmp_path_factory.mktemp("opa")
-    server = OpaStandIn(copy_policy(directory / "policies", TEST_BINDINGS), directory)
-    yield server
-    server.stop()
+    with OpaStandIn.over(tmp_path_factory.mktemp("opa"), TEST_BINDINGS) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
