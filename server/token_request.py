@@ -34,6 +34,10 @@ SINGLE = frozenset(
 )
 # RFC 6749 Appendix A.4: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+# RFC 3986 §2: a URI is made of unreserved, reserved and percent-encoded characters only;
+# DESIGN.md holds `audience` to the same grammar as `resource`. Neither a quote, a
+# backslash, a space nor a control character can pass (nor reach the policy).
+_URI_CHARACTERS = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +98,8 @@ def _targets(fields: dict[str, list[str]], name: str) -> tuple[str, ...]:
     if len(values) > MAX_TARGETS:
         raise InvalidTarget(f"more than {MAX_TARGETS} {name} values")
     for value in values:
-        if len(value) > 1024 or not value.isprintable():
-            raise InvalidTarget(f"malformed {name}")
+        if len(value) > 1024 or not _URI_CHARACTERS.fullmatch(value):
+            raise InvalidTarget(f"malformed {name}: not an RFC 3986 URI")
         if name == "resource":
             try:
                 parts = urlsplit(value)
