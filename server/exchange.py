@@ -23,7 +23,14 @@ from server.config import MAX_TOKEN_TTL, Config
 from server.errors import InvalidRequest, OAuthError, PolicyDenied, TemporarilyUnavailable
 from server.keys import KeyStore, SigningKey
 from server.mint import TYP_ACCESS_TOKEN, TYP_JWT, mint_jwt
-from server.policy import PolicyEngine, PolicyEvaluationError, PolicyUnavailable, parse_decision, policy_input
+from server.policy import (
+    PolicyEngine,
+    PolicyEvaluationError,
+    PolicyInputUnrepresentable,
+    PolicyUnavailable,
+    parse_decision,
+    policy_input,
+)
 from server.policy.decision import Decision, Grant, grant
 from server.ratelimit import RateLimits
 from server.revocation import Revocations
@@ -209,6 +216,9 @@ class TokenExchange:
             value = await self.policy.decide(policy_input(subject, request_view, now, images))
         except PolicyEvaluationError as error:
             return Decision.deny(f"policy error: {error}")
+        except PolicyInputUnrepresentable as error:
+            # A fact the engine would mangle is refused, never decided on in another form.
+            raise InvalidRequest("the workload's facts cannot be evaluated by this server's policy engine", detail=str(error)) from None
         except PolicyUnavailable as error:
             raise TemporarilyUnavailable("the policy engine is unavailable", detail=str(error)) from None
         finally:

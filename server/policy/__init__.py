@@ -22,6 +22,11 @@ class PolicyUnavailable(Exception):
     """The engine could not be asked (unreachable, 5xx, timeout): fail closed."""
 
 
+class PolicyInputUnrepresentable(Exception):
+    """A string of the input cannot be carried faithfully by the engine (DESIGN.md "Strings
+    reach the policy faithfully or not at all"): the exchange is refused, not decided."""
+
+
 class PolicyEvaluationError(Exception):
     """The policy raised an error (a conflict, a strict built-in error) or the engine's
     answer is unusable (an OPA 4xx, a malformed response): the decision is a deny."""
@@ -100,6 +105,7 @@ __all__ = [
     "Decision",
     "PolicyEngine",
     "PolicyEvaluationError",
+    "PolicyInputUnrepresentable",
     "PolicyUnavailable",
     "build_engine",
     "parse_decision",

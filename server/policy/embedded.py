@@ -2,79 +2,35 @@
 
 The policy directory is compiled once, at start, into a bundle with one
 entrypoint (`chit/decision`); each exchange sets the input and runs that plan.
+rego-cpp is not OPA: what it would decide differently is refused at load
+(`server.policy.dialect`), and strings it cannot carry faithfully never reach it
+or leave it (`server.policy.regocpp`). The policy guide lists the differences;
+production decisions belong to OPA (`engine: opa`).
 
-Two costs dominate an evaluation and are handled here: building the input
-(regopy's `Input` walks the value through a Python wrapper per node; chit
-calls the same C builder functions directly, about twice as fast), and object
-lookups in data, which rego-cpp performs by a linear scan — the shipped policy
-therefore keeps each lookup level small (see policies/README.md).
+Two costs dominate an evaluation: building the input (chit calls rego-cpp's C
+builder functions directly, about twice as fast as regopy's `Input`), and
+object lookups in data, which rego-cpp performs by a linear scan — the shipped
+policy therefore keeps each lookup level small (see policies/README.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from types import MappingProxyType
 from typing import Any
 
 import regopy
 from regopy import rego_shared
 
-from server.policy import PolicyEvaluationError
-from server.policy.bundle import ENTRYPOINT, PolicyBundle, PolicyLoadError, format_compile_error, uses_whole_input_override
+from server.policy import PolicyEvaluationError, PolicyInputUnrepresentable
+from server.policy import dialect, regocpp
+from server.policy.bundle import ENTRYPOINT, PolicyBundle, PolicyLoadError, format_compile_error
 
 log = logging.getLogger("chit.policy")
 
 regopy.set_default_log_level("None")  # compile errors are reported by chit, not printed by rego-cpp
 
-_lib = rego_shared.rego
-_new_input = _lib.regoNewInput
-_free_input = _lib.regoFreeInput
-_input_string = _lib.regoInputString
-_input_int = _lib.regoInputInt
-_input_float = _lib.regoInputFloat
-_input_bool = _lib.regoInputBoolean
-_input_null = _lib.regoInputNull
-_input_object_item = _lib.regoInputObjectItem
-_input_object = _lib.regoInputObject
-_input_array = _lib.regoInputArray
-_OK = 0
-
 __all__ = ["EmbeddedEngine", "PolicyEvaluationError"]
-
-
-def _add_input(handle: int, value: Any) -> int:
-    """Push `value` onto rego-cpp's input stack; returns the OR of the C status codes.
-
-    This is on the hot path of every exchange: one ctypes call per scalar and
-    two per object member, nothing else.
-    """
-    kind = type(value)
-    if kind is str:
-        return _input_string(handle, value.encode("utf-8"))
-    if kind is dict or kind is MappingProxyType:
-        status = 0
-        for key, item in value.items():
-            status |= _input_string(handle, key.encode("utf-8"))
-            status |= _input_string(handle, item.encode("utf-8")) if type(item) is str else _add_input(handle, item)
-            status |= _input_object_item(handle)
-        return status | _input_object(handle, len(value))
-    if kind is list or kind is tuple:
-        status = 0
-        for item in value:
-            status |= _add_input(handle, item)
-        return status | _input_array(handle, len(value))
-    if kind is bool:
-        return _input_bool(handle, value)
-    if kind is int:
-        if not -(2**63) <= value < 2**63:
-            raise TypeError("integer out of the policy engine's range")
-        return _input_int(handle, value)
-    if kind is float:
-        return _input_float(handle, value)
-    if value is None:
-        return _input_null(handle)
-    raise TypeError(f"cannot pass {kind.__name__} to the policy")
 
 
 class EmbeddedEngine:
@@ -84,12 +40,10 @@ class EmbeddedEngine:
 
     def __init__(self, bundle: PolicyBundle):
         self.bundle = bundle
-        for name, source in bundle.modules.items():
-            if uses_whole_input_override(source):
-                raise PolicyLoadError(
-                    f"{bundle.root / name}: `with input as …` crashes the embedded engine (rego-cpp); "
-                    "replace input key by key (`with input.attestation as …`) or use engine: opa"
-                )
+        # `with` is refused before compiling: `with input as …` crashes the process.
+        problems = dialect.source_problems(bundle.modules)
+        if problems:
+            raise PolicyLoadError(f"{bundle.root}: the embedded engine cannot run this policy:\n" + "\n".join(problems))
         self._interpreter = regopy.Interpreter()
         try:
             for name, source in bundle.modules.items():
@@ -103,36 +57,34 @@ class EmbeddedEngine:
             raise PolicyLoadError(f"{bundle.root}: policy does not compile")
         self._impl = self._interpreter._impl
         self._plan_impl = self._plan._impl
+        try:
+            dialect.check(self._impl, self._plan_impl, bundle.modules, bundle.data)
+        except dialect.DialectError as error:
+            raise PolicyLoadError(f"{bundle.root}: the embedded engine would not decide as OPA does:\n{error}") from None
         self._entrypoint = ENTRYPOINT.encode()
 
     def evaluate(self, policy_input: dict[str, Any]) -> Any:
-        """The decision value, or None when undefined. Raises PolicyEvaluationError."""
-        handle = _new_input()
+        """The decision value, or None when undefined.
+
+        Raises PolicyInputUnrepresentable (a string of the input the engine cannot
+        carry) or PolicyEvaluationError (deny)."""
         try:
-            try:
-                status = _add_input(handle, policy_input)
-            except (TypeError, AttributeError, UnicodeEncodeError) as error:
-                raise PolicyEvaluationError(f"policy input not representable: {error}") from None
-            if status != _OK or _lib.regoSetInput(self._impl, handle) != _OK:
-                raise PolicyEvaluationError("the policy engine refused the input")
-        finally:
-            _free_input(handle)
-        output = _lib.regoBundleQueryEntrypoint(self._impl, self._plan_impl, self._entrypoint)
+            regocpp.set_input(self._impl, policy_input)
+        except regocpp.UnfaithfulString as error:
+            raise PolicyInputUnrepresentable(str(error)) from None
+        except regocpp.RegoValueError as error:
+            raise PolicyInputUnrepresentable(f"the policy input cannot be passed to the embedded engine: {error}") from None
+        output = rego_shared.rego.regoBundleQueryEntrypoint(self._impl, self._plan_impl, self._entrypoint)
         if not output:
             raise PolicyEvaluationError(rego_shared.rego_get_error(self._impl) or "evaluation failed")
         try:
             if not rego_shared.rego_output_ok(output):
                 raise PolicyEvaluationError("evaluation error (conflicting rule values or a failing built-in)")
-            text = rego_shared.rego_output_string(output)
+            return regocpp.read_result(output)
+        except (ValueError, UnicodeDecodeError) as error:  # RegoValueError, or a number rego-cpp wrote oddly
+            raise PolicyEvaluationError(str(error)) from None
         finally:
             rego_shared.rego_free_output(output)
-        if text == "undefined":
-            return None
-        result = json.loads(text)
-        expressions = result.get("expressions") if isinstance(result, dict) else None
-        if not expressions:
-            return None
-        return expressions[0]
 
     async def decide(self, policy_input: dict[str, Any]) -> Any:
         return self.evaluate(policy_input)

@@ -39,6 +39,9 @@ decision := [{"allow": true}] if ns == "array"
 decision := {"audience": ["https://x"]} if ns == "no-allow"
 decision := {"allow": false, "reasons": ["closed for maintenance"]} if ns == "deny"
 
+# A value the decision needs fails to evaluate: 900 / 0 with no scope requested.
+decision := {"allow": true, "scope": ["a"], "audience": ["https://x"], "ttl": 900 / count(input.request.scope)} if ns == "divide-by-zero"
+
 # Two rule bodies with different values: an evaluation error (conflict).
 decision := {"allow": true, "audience": ["https://x"]} if ns == "conflict"
 decision := {"allow": false} if ns == "conflict"
@@ -112,6 +115,15 @@ def test_conflicting_rules_deny(quirky: ChitServer, prod_issuer: ClusterIssuer) 
     assert line["outcome"] == "denied" and line["reasons"][0].startswith("policy error")
 
 
+def test_an_evaluation_error_denies_and_names_it(quirky: ChitServer, prod_issuer: ClusterIssuer) -> None:
+    """DESIGN.md "Decisions": an evaluation error is a deny (400, audit `denied`), never a 500."""
+    assert_issued(quirky.exchange(prod_issuer.token(namespace="divide-by-zero"), scope="a"))
+    body = assert_refused(quirky.exchange(prod_issuer.token(namespace="divide-by-zero")))
+    line = quirky.audit_for(body["decision_id"])
+    assert line["outcome"] == "denied" and line["error"] == "invalid_request"
+    assert line["reasons"][0].startswith("policy error:") and "division by zero" in line["reasons"][0]
+
+
 def test_explicit_deny_keeps_its_reasons_in_the_audit_only(quirky: ChitServer, prod_issuer: ClusterIssuer) -> None:
     body = assert_refused(quirky.exchange(prod_issuer.token(namespace="deny")))
     assert "maintenance" not in json.dumps(body)
@@ -159,8 +171,14 @@ def broken_policy_config(tmp_path: Path, files: dict[str, str]) -> Path:
         ({"chit/decision.rego": "package chit\n\ndecision := {\"allow\": true}\n", "data.json": '{"a": 1, "a": 2}'}, "duplicate JSON member 'a'"),
         ({"chit/decision.rego": "package chit\n\ndecision := {\"allow\": true}\n", "data.json": '{"a": NaN}'}, "invalid JSON number NaN"),
         ({"chit/decision.rego": "package chit\n\ndecision := {\"allow\": true}\n", "data.json": '{"a": 1e999}'}, "JSON number out of range"),
+        # What the embedded engine would decide differently from OPA (tests/server/test_policy_dialect.py has them all).
+        ({"chit/decision.rego": "package chit\n\ndecision := x if { x := undefined_function(1) }\n"}, "chit/decision.rego:3: undefined_function is not a function"),
+        ({"chit/decision.rego": 'package chit\n\ndecision := {"allow": true} if { not net.cidr_contains("10.0.0.0/8", input.ip) }\n'}, "chit/decision.rego:3: net.cidr_contains"),
+        ({"chit/decision.rego": 'package chit\n\ndecision := {"allow": true} if { not usr == "mallory" }\n'}, "chit/decision.rego:3: data.chit.decision reads a variable that is never bound"),
+        ({"chit/decision.rego": "package chit\n\ndecision := {\"allow\": true}\n", "data.json": '{"x": "a\\\\b"}'}, "data.x contains"),
     ],
-    ids=["empty", "no-decision", "wrong-package", "syntax-error", "bad-data", "duplicate-data-key", "nan-in-data", "infinite-number-in-data"],
+    ids=["empty", "no-decision", "wrong-package", "syntax-error", "bad-data", "duplicate-data-key", "nan-in-data", "infinite-number-in-data",
+         "undefined-function", "unimplemented-builtin", "unsafe-variable", "unfaithful-data"],
 )
 def test_unusable_policy_stops_the_start(tmp_path: Path, files: dict[str, str], message: str) -> None:
     result = chit_serve(broken_policy_config(tmp_path, files))

@@ -124,12 +124,13 @@ def test_malformed_and_conflicting_decisions_are_read_alike(tmp_path: Path) -> N
     policy = tmp_path / "policies"
     (policy / "chit").mkdir(parents=True)
     (policy / "chit" / "decision.rego").write_text(QUIRKS)
-    namespaces = ["clean", "allow-string", "scope-string", "negative-ttl", "unknown-key", "not-an-object", "no-allow", "deny", "conflict", "undefined"]
-    documents = [{"attestation": {"namespace": ns}} for ns in namespaces]
+    namespaces = ["clean", "allow-string", "scope-string", "negative-ttl", "unknown-key", "not-an-object", "no-allow", "deny", "conflict", "undefined", "divide-by-zero"]
+    documents = [{"attestation": {"namespace": ns}, "request": {"scope": []}} for ns in namespaces]
     results = compare(policy, tmp_path, documents)
     for namespace, (embedded, opa) in zip(namespaces, results):
         assert embedded == opa, namespace
     assert results[namespaces.index("conflict")] == ("evaluation error", "evaluation error")
+    assert results[namespaces.index("divide-by-zero")] == ("evaluation error", "evaluation error")
     assert results[0][0].allow is True
 
 
