@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from attestors.jose import strict_json
 from server.policy import PolicyEvaluationError, PolicyUnavailable
 
 DECISION_PATH = "chit/decision"
@@ -99,8 +100,9 @@ class OpaEngine:
         if len(body) > MAX_RESPONSE_BYTES:
             raise PolicyEvaluationError(f"OPA answered more than {MAX_RESPONSE_BYTES} bytes")
         try:
-            return status, json.loads(body) if body else None
-        except ValueError:
+            # Strictly: a duplicate key would otherwise let its last value win unnoticed.
+            return status, strict_json(body.decode("utf-8")) if body else None
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             return status, _NOT_JSON
 
     async def query(self, path: str, policy_input: dict[str, Any] | None = None) -> Any:
@@ -112,7 +114,7 @@ class OpaEngine:
         status, body = await self._send("POST", f"/v1/data/{path}", document)
         if status == 200:
             if not isinstance(body, dict):
-                raise PolicyEvaluationError("OPA answered 200 with a body that is not a JSON object")
+                raise PolicyEvaluationError("OPA answered 200 with a body that is not a strictly valid JSON object")
             return body.get("result")
         if 400 <= status < 500:
             detail = f"{body.get('code')}: {body.get('message')}" if isinstance(body, dict) else "no error body"

@@ -91,8 +91,8 @@ def test_opa_region_denial(chit_opa: ChitServer, prod_issuer: ClusterIssuer) -> 
         (200, {"result": {"allow": "true", "audience": ["https://db.internal"]}}, "malformed decision: decision.allow is not a boolean"),
         (200, {"result": {"allow": 1}}, "malformed decision: decision.allow is not a boolean"),
         (200, {"result": [{"allow": True}]}, "malformed decision: decision is not an object"),
-        (200, "not json at all", "policy error: OPA answered 200 with a body that is not a JSON object"),
-        (200, [], "policy error: OPA answered 200 with a body that is not a JSON object"),
+        (200, "not json at all", "policy error: OPA answered 200 with a body that is not a strictly valid JSON object"),
+        (200, [], "policy error: OPA answered 200 with a body that is not a strictly valid JSON object"),
         (400, {"code": "invalid_parameter", "message": "bad input"}, "policy error: OPA refused the query (HTTP 400, invalid_parameter: bad input)"),
         (404, "404 page not found", "policy error: OPA refused the query (HTTP 404, no error body)"),
         (
