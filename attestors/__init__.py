@@ -61,8 +61,11 @@ class Attestation:
     """Verified facts about a workload.
 
     `facts` become `input.attestation` (beside `kind` and `claims`), `att` the
-    `att` claim of minted tokens, `expires_at` caps the minted lifetime (a
-    credential never outlives its evidence).
+    `att` claim of minted tokens. `expires_at` caps the lifetime of the tokens
+    chit mints: a token never outlives its evidence. AWS STS credentials are
+    the exception (DESIGN.md "Minted lifetime"): they always last 900 s, AWS's
+    minimum, even when the evidence expires sooner, as AWS's own web-identity
+    flow does.
     """
 
     kind: str
