@@ -11,6 +11,8 @@ bindings := {"kubernetes": {"prod": {"payments": {
 	"office": {"audience": ["https://db.internal"], "hours": {"days": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"], "start": 8, "end": 18}},
 	"night": {"audience": ["https://db.internal"], "hours": {"days": ["Tuesday"], "start": 22, "end": 6}},
 	"no-days": {"audience": ["https://db.internal"], "hours": {"start": 0, "end": 24}},
+	"text-hours": {"audience": ["https://db.internal"], "hours": {"days": ["Tuesday"], "start": "8", "end": "18"}},
+	"text-night": {"audience": ["https://db.internal"], "hours": {"days": ["Tuesday"], "start": "22", "end": "06"}},
 	"release-only": {"audience": ["https://db.internal"], "image_signers": ["release"]},
 	"weaker": {"audience": ["https://db.internal"], "image_signers": ["dev"]},
 }}}}
@@ -84,6 +86,19 @@ test_malformed_hours_deny if {
 	t := tuesday_10
 	d := data.chit.decision with input.attestation as a with input.now as t with data.bindings as b
 	d.allow == false
+}
+
+# Hours written as strings match no hour, on either engine (OPA orders every number
+# before every string, rego-cpp the other way round).
+test_hours_that_are_not_numbers_deny if {
+	b := bindings
+	t := tuesday_10
+	a1 := object.union(payments, {"service_account": "text-hours"})
+	a2 := object.union(payments, {"service_account": "text-night"})
+	d1 := data.chit.decision with input.attestation as a1 with input.now as t with data.bindings as b
+	d2 := data.chit.decision with input.attestation as a2 with input.now as t with data.bindings as b
+	d1.reasons == ["outside the hours of the binding"]
+	d2.reasons == ["outside the hours of the binding"]
 }
 
 test_no_hours_means_any_time if {

@@ -97,23 +97,32 @@ binding_refusal := "region not allowed by the binding" if {
 
 # Business hours (`hours` of a binding), in UTC from input.now: `days` by
 # name, `start` ≤ hour < `end`; a window with `end` < `start` spans midnight.
-# A malformed window matches no hour, so it denies.
+# A malformed window matches no hour, so it denies: `start` and `end` must be
+# numbers (the engines order a number and a string differently).
 within_hours if {
 	input.now.weekday in binding.hours.days
+	hours_are_numbers
 	binding.hours.start <= input.now.hour
 	input.now.hour < binding.hours.end
 }
 
 within_hours if {
 	input.now.weekday in binding.hours.days
+	hours_are_numbers
 	binding.hours.end < binding.hours.start
 	binding.hours.start <= input.now.hour
 }
 
 within_hours if {
 	input.now.weekday in binding.hours.days
+	hours_are_numbers
 	binding.hours.end < binding.hours.start
 	input.now.hour < binding.hours.end
+}
+
+hours_are_numbers if {
+	is_number(binding.hours.start)
+	is_number(binding.hours.end)
 }
 
 # No image list (pod_lookup off) and an empty one both mean: nothing to vouch for.
