@@ -46,10 +46,11 @@ class EmbeddedEngine:
             raise PolicyLoadError(f"{bundle.root}: the embedded engine cannot run this policy:\n" + "\n".join(problems))
         self._interpreter = regopy.Interpreter()
         try:
-            for name, source in bundle.modules.items():
-                self._interpreter.add_module(name, source)
-            self._interpreter.add_data_json(json.dumps(bundle.data))
-            self._plan = self._interpreter.build(None, [ENTRYPOINT])
+            with regocpp.quiet_stdout():
+                for name, source in bundle.modules.items():
+                    self._interpreter.add_module(name, source)
+                self._interpreter.add_data_json(json.dumps(bundle.data))
+                self._plan = self._interpreter.build(None, [ENTRYPOINT])
         except regopy.RegoError as error:
             detail = format_compile_error(str(error.args[0]) if error.args else "", bundle.modules)
             raise PolicyLoadError(f"{bundle.root}: policy does not compile:\n{detail}") from None

@@ -23,8 +23,10 @@ not understand; the engine turns that into a deny.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
+import os
 import re
 from types import MappingProxyType
 from typing import Any, Iterator
@@ -105,6 +107,25 @@ def find_unfaithful(value: Any, where: str = "input") -> UnfaithfulString | None
     return None
 
 
+_libc = ctypes.CDLL(None)
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """rego-cpp prints compile errors on stdout, which is chit's audit log: while a
+    policy compiles, stdout goes nowhere (chit reports the errors itself, on stderr)."""
+    _libc.fflush(None)
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 1)
+        yield
+    finally:
+        _libc.fflush(None)  # what rego-cpp buffered goes to /dev/null, not to the audit log later
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 # --- input ------------------------------------------------------------------------------
 
 
@@ -166,16 +187,20 @@ def set_input(interpreter: int, value: Any) -> None:
 
 # --- reading nodes ----------------------------------------------------------------------
 
-_buffer = ctypes.create_string_buffer(256)
+_BUFFER_TOO_SMALL = 2
+_buffer = ctypes.create_string_buffer(4096)
+_buffer_size = 4096
 
 
 def node_value(node: int) -> str:
     """The node's text (its location in what rego-cpp read or computed)."""
-    global _buffer
-    size = _node_value_size(node) + 1  # the sizes rego-cpp reports leave out the terminating NUL
-    if size > len(_buffer):
-        _buffer = ctypes.create_string_buffer(size)
-    if _node_value(node, _buffer, len(_buffer)) != _OK:
+    global _buffer, _buffer_size
+    status = _node_value(node, _buffer, _buffer_size)
+    if status == _BUFFER_TOO_SMALL:
+        _buffer_size = _node_value_size(node) + 1  # the size rego-cpp reports leaves out the NUL
+        _buffer = ctypes.create_string_buffer(_buffer_size)
+        status = _node_value(node, _buffer, _buffer_size)
+    if status != _OK:
         raise RegoValueError("the policy engine did not hand over a value")
     return _buffer.value.decode("utf-8")
 
@@ -232,7 +257,8 @@ def read_value(node: int, depth: int = 0) -> Any:
         return _string(node)
     if kind == OBJECT:
         value: dict[str, Any] = {}
-        for item in children(node):
+        for index in range(_node_size(node)):
+            item = _node_get(node, index)
             if _node_type(item) != OBJECT_ITEM or _node_size(item) != 2:
                 raise RegoValueError("the decision holds a malformed object")
             key_node, value_node = _node_get(item, 0), _node_get(item, 1)
@@ -244,7 +270,7 @@ def read_value(node: int, depth: int = 0) -> Any:
             value[key] = read_value(value_node, depth + 1)
         return value
     if kind == ARRAY or kind == SET:
-        return [read_value(item, depth + 1) for item in children(node)]
+        return [read_value(_node_get(node, index), depth + 1) for index in range(_node_size(node))]
     if kind == TRUE:
         return True
     if kind == FALSE:

@@ -34,6 +34,7 @@ from server.policy.bundle import (
 from server.policy.decision import parse_decision
 from server.policy.embedded import EmbeddedEngine
 from server.policy.opa import OpaEngine
+from server.policy.regocpp import quiet_stdout
 
 TOOLING_TIMEOUT = 10.0  # seconds per OPA request: a person waits, not an exchange
 _TEST_RULE = re.compile(r"^(test_[A-Za-z0-9_]*)\b", re.MULTILINE)
@@ -66,9 +67,10 @@ class Queries(Protocol):
 def compile_for_queries(bundle: PolicyBundle) -> regopy.Interpreter:
     interpreter = regopy.Interpreter()
     try:
-        for name, source in bundle.modules.items():
-            interpreter.add_module(name, source)
-        interpreter.add_data(bundle.data)
+        with quiet_stdout():
+            for name, source in bundle.modules.items():
+                interpreter.add_module(name, source)
+            interpreter.add_data(bundle.data)
     except regopy.RegoError as error:
         detail = format_compile_error(str(error.args[0]) if error.args else "", bundle.modules)
         raise PolicyLoadError(f"{bundle.root}: policy does not compile:\n{detail}") from None

@@ -167,6 +167,7 @@ def broken_policy_config(tmp_path: Path, files: dict[str, str]) -> Path:
         ({"chit/other.rego": "package chit\n\nallow := true\n"}, "no rule `decision` in package chit"),
         ({"other.rego": "package other\n\ndecision := {}\n"}, "no rule `decision` in package chit"),
         ({"chit/decision.rego": "package chit\n\ndecision := {\n"}, "chit/decision.rego:3:"),
+        ({"chit/decision.rego": "package chit\n\ndecision := [k | some k, _ in input]\n"}, "chit/decision.rego:3:13: Invalid collection"),
         ({"chit/decision.rego": "package chit\n\ndecision := {\"allow\": true}\n", "data.json": "{not json"}, "data.json: not valid JSON"),
         ({"chit/decision.rego": "package chit\n\ndecision := {\"allow\": true}\n", "data.json": '{"a": 1, "a": 2}'}, "duplicate JSON member 'a'"),
         ({"chit/decision.rego": "package chit\n\ndecision := {\"allow\": true}\n", "data.json": '{"a": NaN}'}, "invalid JSON number NaN"),
@@ -177,7 +178,7 @@ def broken_policy_config(tmp_path: Path, files: dict[str, str]) -> Path:
         ({"chit/decision.rego": 'package chit\n\ndecision := {"allow": true} if { not usr == "mallory" }\n'}, "chit/decision.rego:3: data.chit.decision reads a variable that is never bound"),
         ({"chit/decision.rego": "package chit\n\ndecision := {\"allow\": true}\n", "data.json": '{"x": "a\\\\b"}'}, "data.x contains"),
     ],
-    ids=["empty", "no-decision", "wrong-package", "syntax-error", "bad-data", "duplicate-data-key", "nan-in-data", "infinite-number-in-data",
+    ids=["empty", "no-decision", "wrong-package", "syntax-error", "unsupported-syntax", "bad-data", "duplicate-data-key", "nan-in-data", "infinite-number-in-data",
          "undefined-function", "unimplemented-builtin", "unsafe-variable", "unfaithful-data"],
 )
 def test_unusable_policy_stops_the_start(tmp_path: Path, files: dict[str, str], message: str) -> None:
@@ -185,6 +186,7 @@ def test_unusable_policy_stops_the_start(tmp_path: Path, files: dict[str, str], 
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+    assert result.stdout == ""  # stdout is the audit log: rego-cpp's own error report stays out of it
 
 
 def test_data_files_are_placed_at_their_directory_path(tmp_path: Path) -> None:
