@@ -36,6 +36,7 @@ from tests.factories import (
     GoogleSigner,
     GoogleTokenEndpoint,
     ImdsStandIn,
+    OpaStandIn,
     assert_issued,
     assert_refused,
     b64url,
@@ -65,14 +66,13 @@ GCP_BINDINGS = {
     }
 }
 
-# Grants everything and shows, in the audit line's reasons, exactly what the
-# policy saw: the subject and input.attestation.
+# Grants everything; the tests read what the policy was asked about from the
+# OPA stand-in's request log (the input exactly as chit sent it).
 ECHO_POLICY = """package chit
 
 import rego.v1
 
-decision := {"allow": true, "scope": ["read"], "audience": ["https://echo.internal"],
-	"reasons": [input.subject, json.marshal(input.attestation)]}
+decision := {"allow": true, "scope": ["read"], "audience": ["https://echo.internal"]}
 """
 
 
@@ -86,23 +86,32 @@ def google(documents: DocumentServer) -> GoogleSigner:
     return signer
 
 
-def gcp_server(directory: Path, documents: DocumentServer, path: str, *, policy: Path, **gcp: object) -> ChitServer:
-    config = {"policy": {"dir": str(policy)}, "attestors": {"gcp": {"certs_url": documents.url(path), **gcp}}}
+def gcp_server(directory: Path, documents: DocumentServer, path: str, *, policy: Path | OpaStandIn, **gcp: object) -> ChitServer:
+    engine = {"engine": "opa", "opa_url": policy.url, "timeout_ms": 3000} if isinstance(policy, OpaStandIn) else {"dir": str(policy)}
+    config = {"policy": engine, "attestors": {"gcp": {"certs_url": documents.url(path), **gcp}}}
     return ChitServer(directory, config)
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, google: GoogleSigner) -> Iterator[dict[str, ChitServer]]:
+def echo_opa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaStandIn]:
+    directory = tmp_path_factory.mktemp("gcp-echo-opa")
+    (directory / "policies").mkdir()
+    (directory / "policies" / "echo.rego").write_text(ECHO_POLICY)
+    server = OpaStandIn(directory / "policies", directory)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, google: GoogleSigner, echo_opa: OpaStandIn) -> Iterator[dict[str, ChitServer]]:
     base = tmp_path_factory.mktemp("gcp")
     shipped = copy_policy(base / "shipped-policy", GCP_BINDINGS)
-    echo = base / "echo-policy"
-    echo.mkdir()
-    (echo / "echo.rego").write_text(ECHO_POLICY)
+    echo = echo_opa
     audiences = [AUDIENCE, SECOND_AUDIENCE]
     found = {
         # format=full required (the default), the shipped policy.
         "full": gcp_server(base / "full", documents, "/google/certs", policy=shipped, audiences=audiences),
-        # standard tokens accepted; the policy input is echoed into the audit line.
+        # standard tokens accepted; the policy is asked through the OPA stand-in, which logs the input.
         "echo": gcp_server(base / "echo", documents, "/google-echo/certs", policy=echo, audiences=audiences, require_full_format=False),
         # a project allowlist; no audiences configured, so chit's issuer is the audience.
         "allowlist": gcp_server(
@@ -134,10 +143,16 @@ def issued_audit(server: ChitServer, body: dict) -> dict:
     return lines[0]
 
 
-def echoed(server: ChitServer, body: dict) -> tuple[str, dict]:
-    """The subject and input.attestation the echo policy saw for an issued exchange."""
-    subject, attestation = issued_audit(server, body)["reasons"]
-    return subject, json.loads(attestation)
+def policy_input(opa: OpaStandIn) -> dict:
+    """The input of the last decision the stand-in was asked for (the tests exchange one at a time)."""
+    return [r for r in opa.requests() if r["path"] == "/v1/data/chit/decision"][-1]["input"]
+
+
+def echoed(opa: OpaStandIn, body: dict) -> tuple[str, dict]:
+    """The subject and input.attestation the policy was asked about for an issued exchange."""
+    assert body["access_token"]
+    document = policy_input(opa)
+    return document["subject"], document["attestation"]
 
 
 def unique_instance() -> dict[str, str]:
@@ -169,9 +184,9 @@ def test_every_configured_audience_is_accepted(chit_gcp: ChitServer, google: Goo
     assert_issued(chit_gcp.exchange(google.token(aud=SECOND_AUDIENCE)))
 
 
-def test_policy_sees_the_verified_instance_facts(servers: dict[str, ChitServer], google: GoogleSigner) -> None:
+def test_policy_sees_the_verified_instance_facts(servers: dict[str, ChitServer], google: GoogleSigner, echo_opa: OpaStandIn) -> None:
     echo = servers["echo"]
-    subject, attestation = echoed(echo, assert_issued(echo.exchange(google.token())))
+    subject, attestation = echoed(echo_opa, assert_issued(echo.exchange(google.token())))
     assert subject == SUBJECT
     claims = attestation.pop("claims")
     assert attestation == {
@@ -190,11 +205,11 @@ def test_policy_sees_the_verified_instance_facts(servers: dict[str, ChitServer],
     assert claims["google"]["compute_engine"]["project_number"] == 733428162846 and claims["aud"] == AUDIENCE
 
 
-def test_subject_is_keyed_on_the_instance_id_never_the_name(servers: dict[str, ChitServer], google: GoogleSigner) -> None:
+def test_subject_is_keyed_on_the_instance_id_never_the_name(servers: dict[str, ChitServer], google: GoogleSigner, echo_opa: OpaStandIn) -> None:
     echo = servers["echo"]
-    renamed, _ = echoed(echo, assert_issued(echo.exchange(google.token(instance={"instance_name": "someone-else"}))))
+    renamed, _ = echoed(echo_opa, assert_issued(echo.exchange(google.token(instance={"instance_name": "someone-else"}))))
     assert renamed == SUBJECT
-    other, _ = echoed(echo, assert_issued(echo.exchange(google.token(instance={"instance_id": "17"}))))
+    other, _ = echoed(echo_opa, assert_issued(echo.exchange(google.token(instance={"instance_id": "17"}))))
     assert other == "spiffe://example.org/gcp/payments-prod/europe-west1-b/17"
 
 
@@ -221,10 +236,10 @@ def test_standard_token_is_refused_when_full_format_is_required(chit_gcp: ChitSe
     assert chit_gcp.audit_for(body["decision_id"])["outcome"] == "invalid"
 
 
-def test_standard_token_is_the_service_account_when_allowed(servers: dict[str, ChitServer], google: GoogleSigner) -> None:
+def test_standard_token_is_the_service_account_when_allowed(servers: dict[str, ChitServer], google: GoogleSigner, echo_opa: OpaStandIn) -> None:
     echo = servers["echo"]
     body = assert_issued(echo.exchange(google.token("standard")))
-    subject, attestation = echoed(echo, body)
+    subject, attestation = echoed(echo_opa, body)
     assert subject == f"spiffe://example.org/gcp/sa/{AGENT_EMAIL}"
     attestation.pop("claims")
     # No instance facts: a standard token names none.
@@ -590,18 +605,15 @@ def test_gcp_disabled_refuses_google_tokens_without_a_request(tmp_path: Path, do
 
 # --- verify_instance: the Compute Engine API ------------------------------------------------
 
-# Grants only instances labelled team=payments, and shows what the policy saw
-# (the embedded engine's json.marshal fails on an array from the input, so the
-# service accounts are shown apart).
+# Grants only instances labelled team=payments; the tests read what the policy
+# was asked about from the OPA stand-in's request log.
 LABEL_POLICY = """package chit
 
 import rego.v1
 
 default decision := {"allow": false, "reasons": ["not a payments instance"]}
 
-decision := {"allow": true, "scope": ["read"], "audience": ["https://echo.internal"],
-	"reasons": [input.subject, json.marshal(object.remove(input.attestation, {"service_accounts"})),
-	            concat(" ", input.attestation.service_accounts)]} if {
+decision := {"allow": true, "scope": ["read"], "audience": ["https://echo.internal"]} if {
 	input.attestation.labels.team == "payments"
 }
 """
@@ -613,7 +625,8 @@ ZONE = "europe-west1-b"
 class Cloud:
     tokens: GoogleTokenEndpoint  # Google's OAuth token endpoint, knowing chit's service account key
     compute: ComputeApiStandIn
-    verify: ChitServer  # verify_instance against the stand-in, with LABEL_POLICY
+    verify: ChitServer  # verify_instance against the stand-in, with LABEL_POLICY in `opa`
+    opa: OpaStandIn
     unreachable: ChitServer  # compute_endpoint where nothing listens
     refused: ChitServer  # a key of chit's account the token endpoint does not know (deleted in IAM)
 
@@ -628,15 +641,17 @@ def cloud(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, g
     policy = base / "label-policy"
     policy.mkdir()
     (policy / "labels.rego").write_text(LABEL_POLICY)
+    opa = OpaStandIn(policy, base)
     certs = documents.serve("/google-verify/certs", google.certs)
 
     def server(name: str, credentials: Path, endpoint: str) -> ChitServer:
         gcp = {"certs_url": certs, "audiences": [AUDIENCE], "verify_instance": True, "compute_endpoint": endpoint, "compute_timeout_ms": 1000}
         # Application Default Credentials: a service account key file, as on any machine outside GCP.
-        return ChitServer(base / name, {"policy": {"dir": str(policy)}, "attestors": {"gcp": gcp}},
+        engine = {"engine": "opa", "opa_url": opa.url, "timeout_ms": 3000}
+        return ChitServer(base / name, {"policy": engine, "attestors": {"gcp": gcp}},
                           env={"GOOGLE_APPLICATION_CREDENTIALS": str(credentials)})
 
-    found = Cloud(tokens, compute, server("verify", key_file, compute.endpoint),
+    found = Cloud(tokens, compute, server("verify", key_file, compute.endpoint), opa,
                   server("unreachable", key_file, closed_port_url()), server("refused", deleted_key, compute.endpoint))
     servers = [found.verify, found.unreachable, found.refused]
     try:
@@ -648,6 +663,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, g
             chit_server.stop()
         compute.stop()
         tokens.stop()
+        opa.stop()
 
 
 def instance_token(google: GoogleSigner, compute: ComputeApiStandIn | None, labels: dict[str, str] | None = None, **resource: object) -> tuple[str, str]:
@@ -660,16 +676,16 @@ def instance_token(google: GoogleSigner, compute: ComputeApiStandIn | None, labe
     return google.token(instance=engine), ComputeApiStandIn.path(engine["project_id"], engine["zone"], engine["instance_id"])
 
 
-def verified(server: ChitServer, body: dict) -> tuple[str, dict, list[str]]:
-    """The subject, input.attestation and service accounts LABEL_POLICY saw."""
-    subject, attestation, service_accounts = issued_audit(server, body)["reasons"]
-    return subject, json.loads(attestation), service_accounts.split()
+def verified(cloud: Cloud, body: dict) -> tuple[str, dict, list[str]]:
+    """The subject, input.attestation and service accounts LABEL_POLICY was asked about."""
+    subject, attestation = echoed(cloud.opa, body)
+    return subject, attestation, attestation["service_accounts"]
 
 
 def test_a_running_instance_is_verified_and_its_facts_reach_the_policy(cloud: Cloud, google: GoogleSigner) -> None:
     token, path = instance_token(google, cloud.compute, labels={"team": "payments", "env": "prod"})
     body = assert_issued(cloud.verify.exchange(token))
-    subject, attestation, service_accounts = verified(cloud.verify, body)
+    subject, attestation, service_accounts = verified(cloud, body)
     assert attestation["labels"] == {"team": "payments", "env": "prod"}
     assert (attestation["machine_type"], attestation["network"], attestation["subnetwork"]) == ("e2-medium", "payments-vpc", "agents")
     assert service_accounts == [AGENT_EMAIL] and attestation["status"] == "RUNNING"
@@ -705,7 +721,7 @@ def test_an_instance_that_is_not_running_is_refused(cloud: Cloud, google: Google
 @pytest.mark.parametrize("status", ["PROVISIONING", "STAGING"])
 def test_an_instance_about_to_run_is_accepted(cloud: Cloud, google: GoogleSigner, status: str) -> None:
     token, _ = instance_token(google, cloud.compute, status=status)
-    assert verified(cloud.verify, assert_issued(cloud.verify.exchange(token)))[1]["status"] == status
+    assert verified(cloud, assert_issued(cloud.verify.exchange(token)))[1]["status"] == status
 
 
 @pytest.mark.parametrize(
