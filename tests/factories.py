@@ -27,7 +27,8 @@ import jwt
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
@@ -146,6 +147,62 @@ class ClusterIssuer:
 DROP = object()  # a claim override that removes the claim
 
 
+def sign_jws(claims: dict[str, Any], key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, algorithm: str, kid: str) -> str:
+    """A compact JWS with header alg `algorithm` (RS256 or ES256, SHA-256 either way),
+    signed by `key` whatever it is: PyJWT refuses some keys (ES256 on P-384) that a
+    test must still be able to sign with, to show chit refuses them too."""
+    header = {"alg": algorithm, "kid": kid, "typ": "JWT"}
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}".encode()
+    if isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        size = (key.curve.key_size + 7) // 8
+        signature = r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    return f"{signing_input.decode()}.{b64url(signature)}"
+
+
+@dataclass
+class WeakKey:
+    """A key no JWKS may make chit verify with (RFC 7518 §3.3/§3.4, RFC 7517 §4.4):
+    the private key, the algorithm a token signed by it claims, and its JWK."""
+
+    kid: str
+    private_key: Any
+    algorithm: str
+    jwk: dict[str, Any]
+
+    def token(self, claims: dict[str, Any]) -> str:
+        return sign_jws(claims, self.private_key, self.algorithm, self.kid)
+
+
+# Keys no JWKS may make chit verify with, by name: (a new private key, the
+# algorithm tokens signed by it claim, the alg its JWK states).
+WEAK_KEY_KINDS: dict[str, tuple[Callable[[], Any], str, str]] = {
+    # RSA-2048 with public exponent 3 (cryptography still generates it).
+    "rsa-e3": (lambda: rsa.generate_private_key(public_exponent=3, key_size=2048), "RS256", "RS256"),
+    "rsa-1024": (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), "RS256", "RS256"),
+    # crv P-384 under alg ES256: not the curve the algorithm names.
+    "p384-labelled-es256": (lambda: ec.generate_private_key(ec.SECP384R1()), "ES256", "ES256"),
+    # Strong keys whose alg contradicts them.
+    "rsa-labelled-es256": (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256", "ES256"),
+    "p256-labelled-es384": (lambda: ec.generate_private_key(ec.SECP256R1()), "ES256", "ES384"),
+}
+
+
+def weak_keys(prefix: str) -> dict[str, WeakKey]:
+    """One WeakKey of each of WEAK_KEY_KINDS, by name; kids are `prefix-name`."""
+    found = {}
+    for name, (generate, algorithm, label) in WEAK_KEY_KINDS.items():
+        key = generate()
+        encoder = RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else ECAlgorithm
+        jwk = encoder.to_jwk(key.public_key(), as_dict=True)
+        kid = f"{prefix}-{name}"
+        jwk.update(kid=kid, alg=label, use="sig")
+        found[name] = WeakKey(kid, key, algorithm, jwk)
+    return found
+
+
 # --- Google's token service -------------------------------------------------------
 
 GOOGLE_ISSUER = "https://accounts.google.com"
@@ -183,10 +240,10 @@ class GoogleSigner:
         self.certificates: dict[str, str] = {}
         self.kid = self.add_key()
 
-    def add_key(self) -> str:
+    def add_key(self, public_exponent: int = 65537) -> str:
         """A new published key (Google rotates keys this way); returns its kid."""
         kid = uuid.uuid4().hex
-        self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.keys[kid] = rsa.generate_private_key(public_exponent=public_exponent, key_size=2048)
         self.certificates[kid] = self_signed_certificate(self.keys[kid], "securetoken.system.gserviceaccount.com")
         return kid
 
