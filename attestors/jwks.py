@@ -24,7 +24,7 @@ import httpx
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
 
-from attestors import EvidenceUnavailable, InvalidEvidence
+from attestors import EvidenceUnavailable, InvalidEvidence, printable
 from attestors.jose import PublicKey, algorithm_for_key, unusable_key_reason
 from server import metrics
 from server.config import require_safe_url
@@ -57,7 +57,7 @@ class SkippedKeys:
         self._current: set[tuple[str, str]] = set()
 
     def skip(self, source: str, kid: object, why: str, level: int = logging.WARNING) -> None:
-        entry = (_printable(kid), why)
+        entry = (printable(repr(kid), 100), why)
         if entry not in self._logged and entry not in self._current:
             log.log(level, "%s: key with kid %s not used: %s", source, *entry)
         self._current.add(entry)
@@ -65,12 +65,6 @@ class SkippedKeys:
     def parsed(self) -> None:
         """A whole document was read: what it skipped is what has been logged."""
         self._logged, self._current = frozenset(self._current), set()
-
-
-def _printable(value: object, limit: int = 100) -> str:
-    """A value from a key document, for a log line: repr (control characters escaped), bounded."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class UnusableKey(ValueError):
@@ -92,13 +86,13 @@ def jwk_verification_key(entry: Any) -> VerificationKey:
     if not isinstance(entry, dict):
         raise UnusableKey("not a JSON object")
     if entry.get("use", "sig") != "sig":
-        raise UnusableKey(f"use {_printable(entry.get('use'))} is not sig")
+        raise UnusableKey(f"use {printable(repr(entry.get('use')), 100)} is not sig")
     if "d" in entry:
         # A private key in a public key set is a serious misconfiguration; never use it.
         raise UnusableKey("a private key, published in a public key set", logging.ERROR)
     loader = {"RSA": RSAAlgorithm, "EC": ECAlgorithm}.get(entry.get("kty"))
     if loader is None:
-        raise UnusableKey(f"key type {_printable(entry.get('kty'))} is neither RSA nor EC")
+        raise UnusableKey(f"key type {printable(repr(entry.get('kty')), 100)} is neither RSA nor EC")
     try:
         key = loader.from_jwk(entry)
     except (InvalidKeyError, ValueError, TypeError, KeyError):
@@ -107,7 +101,7 @@ def jwk_verification_key(entry: Any) -> VerificationKey:
     if algorithm is None:
         raise UnusableKey(unusable_key_reason(key))
     if entry.get("alg", algorithm) != algorithm:
-        raise UnusableKey(f"alg {_printable(entry.get('alg'))} contradicts its key, which is for {algorithm}")
+        raise UnusableKey(f"alg {printable(repr(entry.get('alg')), 100)} contradicts its key, which is for {algorithm}")
     kid = entry.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise UnusableKey("kid is not a string")

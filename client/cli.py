@@ -133,9 +133,7 @@ def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple
         nonce_file=args.nonce_file,
         in_kubernetes_pod=args.in_kubernetes_pod,
     )
-    # --ca-file (or SSL_CERT_FILE) wins over SSL_CERT_DIR, as it did in httpx.
-    ca_dir = None if args.ca_file else args.ca_dir
-    endpoint = TokenEndpoint(args.server, timeout=args.timeout, ca_file=args.ca_file, ca_dir=ca_dir, proxy=args.proxy)
+    endpoint = TokenEndpoint(args.server, timeout=args.timeout, ca_file=args.ca_file, ca_dir=args.ca_dir, proxy=args.proxy)
     return build_collector(args.platform, settings), endpoint
 
 

@@ -198,9 +198,11 @@ class TokenEndpoint:
         proxy: str | None = None,
     ):
         self.url = server_url.rstrip("/") + "/token"
-        verify: ssl.SSLContext | bool = True
-        if ca_file or ca_dir:
-            verify = ssl.create_default_context(cafile=ca_file and str(ca_file), capath=ca_dir and str(ca_dir))
+        verify: ssl.SSLContext | bool = True  # certifi's bundle, httpx's default
+        if ca_file is not None:  # wins over ca_dir, as SSL_CERT_FILE did in httpx
+            verify = ssl.create_default_context(cafile=str(ca_file))
+        elif ca_dir is not None:
+            verify = ssl.create_default_context(capath=str(ca_dir))
         self._through = " through the proxy" if proxy else ""
         self.client = httpx.Client(timeout=timeout, verify=verify, follow_redirects=False, trust_env=False, proxy=proxy)
 

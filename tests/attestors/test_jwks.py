@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 import jwt
@@ -168,14 +169,14 @@ def test_a_weak_or_mislabelled_key_never_verifies_and_the_good_keys_keep_working
     assert chit_jwks.log().count(f"kid {key.kid!r} not used") == 1, chit_jwks.log()
 
 
-def file_jwks_chit(directory, issuer: ClusterIssuer, jwks) -> ChitServer:
+def file_jwks_chit(directory: Path, issuer: ClusterIssuer, jwks: Path) -> ChitServer:
     """chit trusting `issuer` with the JWKS in the file `jwks`."""
     policy = copy_policy(directory / "p", {"bindings": {"kubernetes": {issuer.name: {"payments": {"agent": {"audience": ["https://x"]}}}}}})
     cluster = {"name": issuer.name, "issuer": issuer.issuer, "jwks_file": str(jwks), "audiences": ["chit"]}
     return ChitServer(directory / "chit", {"policy": {"dir": str(policy)}, "attestors": {"kubernetes": {"clusters": [cluster]}}}).start()
 
 
-def rewrite_until_used(server: ChitServer, jwks, successor: ClusterIssuer, keys: list[dict]) -> None:
+def rewrite_until_used(server: ChitServer, jwks: Path, successor: ClusterIssuer, keys: list[dict]) -> None:
     """Write `keys` to the JWKS file and wait until chit has re-read it (`successor` verifies)."""
     jwks.write_text(json.dumps({"keys": keys}))
     deadline = time.time() + 10
@@ -184,7 +185,7 @@ def rewrite_until_used(server: ChitServer, jwks, successor: ClusterIssuer, keys:
         time.sleep(0.5)
 
 
-def test_jwks_file_is_reread_when_it_changes(tmp_path) -> None:
+def test_jwks_file_is_reread_when_it_changes(tmp_path: Path) -> None:
     issuer = ClusterIssuer("filed", "https://filed.k8s.chit.test")
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps(issuer.jwks()))
@@ -198,7 +199,7 @@ def test_jwks_file_is_reread_when_it_changes(tmp_path) -> None:
         server.stop()
 
 
-def test_a_skipped_key_is_logged_once_not_on_every_reread(tmp_path) -> None:
+def test_a_skipped_key_is_logged_once_not_on_every_reread(tmp_path: Path) -> None:
     issuer = ClusterIssuer("filed", "https://filed.k8s.chit.test")
     weak = [key.jwk for key in weak_keys("filed").values()]
     jwks = tmp_path / "jwks.json"
