@@ -41,7 +41,6 @@ import google.auth.jwt
 import google.auth.transport.requests
 import httpx
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from attestors import (
     TOKEN_TYPE_JWT,
@@ -56,11 +55,12 @@ from attestors import (
     metadata_client,
     printable,
 )
-from attestors.jose import LEEWAY_SECONDS, CompactJws, algorithm_for_key, check_validity_window
+from attestors.jose import LEEWAY_SECONDS, CompactJws, algorithm_for_key, check_validity_window, unusable_key_reason
 from attestors.jwks import (
     REFRESH_AFTER,
     DocumentNotFound,
     RemoteKeySource,
+    SkippedKeys,
     VerificationKey,
     fetch_json_response,
     http_client,
@@ -147,23 +147,29 @@ def _http_date(value: str) -> float | None:
         return None
 
 
-def parse_certificates(document: Any, source: str) -> dict[str | None, VerificationKey]:
-    """Google's v1 format, `{kid: PEM certificate}`: every RSA ≥ 2048 certificate, by kid."""
+def parse_certificates(document: Any, source: str, skipped: SkippedKeys | None = None) -> dict[str | None, VerificationKey]:
+    """Google's v1 format, `{kid: PEM certificate}`: every certificate whose key is
+    for RS256 (`algorithm_for_key`: RSA ≥ 2048 bits, exponent 65537), by kid; the
+    others are skipped and logged through `skipped`, and the good ones keep working."""
     if not isinstance(document, dict):
         raise ValueError("not a {kid: certificate} object")
+    if skipped is None:
+        skipped = SkippedKeys()
     certificates: dict[str | None, VerificationKey] = {}
     for kid, pem in document.items():
         if not isinstance(pem, str) or not kid:
+            skipped.skip(source, kid, "not a PEM certificate under a kid")
             continue
         try:
             key = x509.load_pem_x509_certificate(pem.encode()).public_key()
         except ValueError:
-            log.warning("%s: certificate %r cannot be read; skipped", source, kid)
+            skipped.skip(source, kid, "the certificate cannot be read")
             continue
-        if not isinstance(key, rsa.RSAPublicKey) or algorithm_for_key(key) != ALGORITHM:
-            log.warning("%s: certificate %r does not hold an RSA key of at least 2048 bits; skipped", source, kid)
+        if algorithm_for_key(key) != ALGORITHM:
+            skipped.skip(source, kid, unusable_key_reason(key, (ALGORITHM,)))
             continue
         certificates[kid] = GoogleCertificate(kid, key, ALGORITHM, pem)
+    skipped.parsed()
     return certificates
 
 
@@ -180,7 +186,7 @@ class GoogleCertificates(RemoteKeySource):
         self.fetch_count += 1
         document, headers = await fetch_json_response(self._client, self.certs_url)
         try:
-            self._keys = parse_certificates(document, self.certs_url)
+            self._keys = parse_certificates(document, self.certs_url, self._skipped)
         except ValueError as error:
             raise EvidenceUnavailable(f"{self.certs_url}: {error}") from None
         self._fresh_for = freshness_lifetime(headers)

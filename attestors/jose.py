@@ -38,15 +38,38 @@ _ALGORITHMS: dict[str, Algorithm] = {
     "ES256": ECAlgorithm(ECAlgorithm.SHA256),
 }
 MIN_RSA_BITS = 2048
+RSA_PUBLIC_EXPONENT = 65537
+# What `algorithm_for_key` accepts, in words for the log line of a key it refuses.
+KEY_REQUIREMENTS = {"RS256": "RSA of at least 2048 bits, exponent 65537", "ES256": "EC P-256"}
 
 
 def algorithm_for_key(key: object) -> str | None:
-    """The one algorithm a verification key may be used with (RS256 or ES256), or None."""
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size >= MIN_RSA_BITS:
-        return "RS256"
+    """The one algorithm a verification key may be used with (RS256 or ES256), or None.
+
+    RFC 7518 §3.3 (RS256): "A key of size 2048 bits or larger MUST be used with
+    these algorithms"; the exponent is pinned to 65537, the value issuers use
+    (NIST, FIPS 186-5 A.1.1: e > 2^16; e = 3 is what Bleichenbacher's forgery
+    against lax PKCS#1 v1.5 verifiers needs). RFC 7518 §3.4: ES256 is "ECDSA
+    using P-256 and SHA-256", so an EC key on another curve is used with nothing.
+    """
+    if isinstance(key, rsa.RSAPublicKey):
+        strong = key.key_size >= MIN_RSA_BITS and key.public_numbers().e == RSA_PUBLIC_EXPONENT
+        return "RS256" if strong else None
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
         return "ES256"
     return None
+
+
+def unusable_key_reason(key: object, algorithms: tuple[str, ...] = ("RS256", "ES256")) -> str:
+    """Why `algorithm_for_key` gives none of `algorithms` for a key, naming what it is."""
+    if isinstance(key, rsa.RSAPublicKey):
+        what = f"RSA-{key.key_size} with exponent {key.public_numbers().e}"
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        what = f"EC on {key.curve.name}"
+    else:
+        what = type(key).__name__
+    wanted = " or ".join(f"{algorithm} ({KEY_REQUIREMENTS[algorithm]})" for algorithm in algorithms)
+    return f"{what} is not a key for {wanted}"
 
 
 class _StrictJSONError(ValueError):

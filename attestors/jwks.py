@@ -24,8 +24,8 @@ import httpx
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
 
-from attestors import EvidenceUnavailable, InvalidEvidence
-from attestors.jose import PublicKey, algorithm_for_key
+from attestors import EvidenceUnavailable, InvalidEvidence, printable
+from attestors.jose import PublicKey, algorithm_for_key, unusable_key_reason
 from server import metrics
 from server.config import require_safe_url
 
@@ -44,40 +44,96 @@ class VerificationKey:
     algorithm: str
 
 
-def parse_jwks(document: Any, source: str) -> dict[str | None, VerificationKey]:
-    """Public RS256/ES256 signing keys of a JWKS (RFC 7517); anything else is skipped."""
+class SkippedKeys:
+    """Logs each key a source does not use, naming its kid, once while it stays published.
+
+    One per source: a weak key left in a JWKS is one warning, not one per refetch
+    or per request. A key the source drops is forgotten, so what is remembered
+    never outgrows one document.
+    """
+
+    def __init__(self) -> None:
+        self._logged: frozenset[tuple[str, str]] = frozenset()
+        self._current: set[tuple[str, str]] = set()
+
+    def skip(self, source: str, kid: object, why: str, level: int = logging.WARNING) -> None:
+        entry = (printable(repr(kid), 100), why)
+        if entry not in self._logged and entry not in self._current:
+            log.log(level, "%s: key with kid %s not used: %s", source, *entry)
+        self._current.add(entry)
+
+    def parsed(self) -> None:
+        """A whole document was read: what it skipped is what has been logged."""
+        self._logged, self._current = frozenset(self._current), set()
+
+
+class UnusableKey(ValueError):
+    """Why one entry of a key document is not used; the other entries are."""
+
+    def __init__(self, why: str, level: int = logging.WARNING):
+        super().__init__(why)
+        self.level = level
+
+
+def jwk_verification_key(entry: Any) -> VerificationKey:
+    """The verification key of one JWK (RFC 7517 §4), or UnusableKey.
+
+    The key must meet `algorithm_for_key` (RS256: RSA ≥ 2048 bits, exponent
+    65537; ES256: P-256). RFC 7517 §4.4: "alg" "identifies the algorithm
+    intended for use with the key": a JWK whose `alg` is not the algorithm of
+    its key (an RSA key labelled ES256, a P-256 key labelled ES384) is not used.
+    """
+    if not isinstance(entry, dict):
+        raise UnusableKey("not a JSON object")
+    if entry.get("use", "sig") != "sig":
+        raise UnusableKey(f"use {printable(repr(entry.get('use')), 100)} is not sig")
+    if "d" in entry:
+        # A private key in a public key set is a serious misconfiguration; never use it.
+        raise UnusableKey("a private key, published in a public key set", logging.ERROR)
+    loader = {"RSA": RSAAlgorithm, "EC": ECAlgorithm}.get(entry.get("kty"))
+    if loader is None:
+        raise UnusableKey(f"key type {printable(repr(entry.get('kty')), 100)} is neither RSA nor EC")
+    try:
+        key = loader.from_jwk(entry)
+    except (InvalidKeyError, ValueError, TypeError, KeyError):
+        raise UnusableKey("the key cannot be read") from None
+    algorithm = algorithm_for_key(key)
+    if algorithm is None:
+        raise UnusableKey(unusable_key_reason(key))
+    if entry.get("alg", algorithm) != algorithm:
+        raise UnusableKey(f"alg {printable(repr(entry.get('alg')), 100)} contradicts its key, which is for {algorithm}")
+    kid = entry.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise UnusableKey("kid is not a string")
+    return VerificationKey(kid, key, algorithm)
+
+
+def parse_jwks(document: Any, source: str, skipped: SkippedKeys | None = None) -> dict[str | None, VerificationKey]:
+    """The usable signing keys of a JWKS (RFC 7517), by kid.
+
+    Every other entry is skipped and logged through `skipped`; one bad key never
+    makes the set unusable, the good keys in it keep working.
+    """
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError("not a JWKS (no keys array)")
+    if skipped is None:
+        skipped = SkippedKeys()
     keys: dict[str | None, VerificationKey] = {}
     duplicate_kids: set[str | None] = set()
     for entry in document["keys"]:
-        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
-            continue
-        if "d" in entry:
-            # A private key in a public key set is a serious misconfiguration; never use it.
-            log.error("JWKS %s publishes a private key (kid %r); key ignored", source, entry.get("kid"))
-            continue
-        loader = {"RSA": RSAAlgorithm, "EC": ECAlgorithm}.get(entry.get("kty"))
-        if loader is None:
-            continue
         try:
-            key = loader.from_jwk(entry)
-        except (InvalidKeyError, ValueError, TypeError, KeyError):
-            log.warning("JWKS %s: unusable key (kid %r) skipped", source, entry.get("kid"))
+            found = jwk_verification_key(entry)
+        except UnusableKey as error:
+            skipped.skip(source, entry.get("kid") if isinstance(entry, dict) else None, str(error), error.level)
             continue
-        algorithm = algorithm_for_key(key)
-        if algorithm is None or entry.get("alg", algorithm) != algorithm:
-            continue
-        kid = entry.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            continue
-        if kid in keys:
-            duplicate_kids.add(kid)
-        keys[kid] = VerificationKey(kid, key, algorithm)
+        if found.kid in keys:
+            duplicate_kids.add(found.kid)
+        keys[found.kid] = found
     for kid in duplicate_kids:
         # Two keys under one kid: which one is meant is ambiguous, so neither is used.
-        log.warning("JWKS %s: kid %r appears more than once; those keys are ignored", source, kid)
+        skipped.skip(source, kid, "the kid appears more than once; those keys are not used")
         del keys[kid]
+    skipped.parsed()
     return keys
 
 
@@ -107,6 +163,7 @@ class FileKeySource(KeySource):
         self._keys: dict[str | None, VerificationKey] = {}
         self._mtime: float | None = None
         self._checked = 0.0
+        self._skipped = SkippedKeys()
 
     def _load(self) -> None:
         try:
@@ -116,7 +173,7 @@ class FileKeySource(KeySource):
             if stat.st_size > MAX_DOCUMENT_BYTES:
                 raise ValueError("file too large")
             document = json.loads(self.path.read_bytes())
-            self._keys = parse_jwks(document, str(self.path))
+            self._keys = parse_jwks(document, str(self.path), self._skipped)
             self._mtime = stat.st_mtime_ns
         except (OSError, ValueError) as error:
             log.error("cannot read JWKS file %s: %s", self.path, error)
@@ -212,6 +269,7 @@ class RemoteKeySource(KeySource):
         # headers) sets it in its _fetch.
         self._fresh_for = REFRESH_AFTER
         self._inflight: asyncio.Task[None] | None = None
+        self._skipped = SkippedKeys()
         self.fetch_count = 0
 
     async def _fetch(self) -> None:
@@ -232,7 +290,7 @@ class RemoteKeySource(KeySource):
         assert uri is not None
         document = await fetch_json(self._client, uri)
         try:
-            self._keys = parse_jwks(document, uri)
+            self._keys = parse_jwks(document, uri, self._skipped)
         except ValueError as error:
             raise EvidenceUnavailable(f"{uri}: {error}") from None
 

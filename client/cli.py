@@ -27,6 +27,11 @@ EXIT_FAILED = 1
 EXIT_TEMPORARY = 75
 
 SERVER_ENV = "CHIT_URL"
+PROXY_ENV = "CHIT_PROXY"
+# CA sources httpx read itself while it trusted the whole environment; chit still
+# honours them, as CA sources only (never HTTP_PROXY and the like: TokenEndpoint).
+CA_FILE_ENV = "SSL_CERT_FILE"
+CA_DIR_ENV = "SSL_CERT_DIR"
 SUBJECT_TOKEN_FILE_ENV = "CHIT_SUBJECT_TOKEN_FILE"
 # The variables AWS SDKs and google-auth read for the same purpose.
 IMDS_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
@@ -41,6 +46,14 @@ def _server_url(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment or parts.username:
         raise argparse.ArgumentTypeError(f"{value!r} is not chit's base URL (http[s]://host[:port][/path])")
     return value.rstrip("/")
+
+
+def _proxy_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        # The URL may hold the proxy's credentials: not repeated here.
+        raise argparse.ArgumentTypeError("not a proxy URL (http[s]://[user:password@]host[:port])")
+    return value
 
 
 def _seconds(value: str) -> float:
@@ -82,7 +95,13 @@ def _add_common(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> 
     request.add_argument("--token-type", choices=list(TOKEN_TYPES),
                          help="access_token (default), jwt, or aws-credentials (STS; the default with --output credential-process)")
     connection = parser.add_argument_group("connection to chit")
-    connection.add_argument("--ca-file", type=Path, metavar="PATH", help="CA certificates for chit's TLS certificate (default: the system's)")
+    connection.add_argument("--ca-file", type=Path, metavar="PATH", default=environ.get(CA_FILE_ENV) or None,
+                            help=f"CA certificates for chit's TLS certificate (default: ${CA_FILE_ENV}, else the directory "
+                                 f"${CA_DIR_ENV}, else certifi's public CAs)")
+    connection.set_defaults(ca_dir=Path(environ[CA_DIR_ENV]) if environ.get(CA_DIR_ENV) else None)
+    connection.add_argument("--proxy", type=_proxy_url, default=environ.get(PROXY_ENV) or None, metavar="URL",
+                            help=f"reach chit through this HTTP proxy (default: ${PROXY_ENV}). HTTP_PROXY, HTTPS_PROXY and "
+                                 "ALL_PROXY are ignored: the subject token goes to no proxy unless chosen here")
     connection.add_argument("--timeout", type=_seconds, default=REQUEST_TIMEOUT, metavar="SECONDS", help=f"per request (default {REQUEST_TIMEOUT:.0f})")
 
 
@@ -114,7 +133,8 @@ def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple
         nonce_file=args.nonce_file,
         in_kubernetes_pod=args.in_kubernetes_pod,
     )
-    return build_collector(args.platform, settings), TokenEndpoint(args.server, timeout=args.timeout, ca_file=args.ca_file)
+    endpoint = TokenEndpoint(args.server, timeout=args.timeout, ca_file=args.ca_file, ca_dir=args.ca_dir, proxy=args.proxy)
+    return build_collector(args.platform, settings), endpoint
 
 
 # --- chit exchange ------------------------------------------------------------------------

@@ -177,19 +177,42 @@ def parse_issued(body: Any, requested_token_type: str, sent_at: float) -> Issued
 
 
 class TokenEndpoint:
-    """chit's `/token` under `server_url`; the subject token travels only there."""
+    """chit's `/token` under `server_url`; the subject token travels only there.
 
-    def __init__(self, server_url: str, *, timeout: float = REQUEST_TIMEOUT, ca_file: Path | None = None):
+    Never through a proxy the environment names (HTTP_PROXY, HTTPS_PROXY,
+    ALL_PROXY; httpx's `trust_env`): clusters inject those for other traffic,
+    and the subject token (and an instance's AWS nonce) would go to that proxy,
+    in clear to an http:// chit. Only the `proxy` the caller chose is used.
+    TLS: the CA certificates of `ca_file` or `ca_dir` (the CLI fills them from
+    SSL_CERT_FILE / SSL_CERT_DIR, which httpx read itself under `trust_env`),
+    else certifi's bundle.
+    """
+
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        timeout: float = REQUEST_TIMEOUT,
+        ca_file: Path | None = None,
+        ca_dir: Path | None = None,
+        proxy: str | None = None,
+    ):
         self.url = server_url.rstrip("/") + "/token"
-        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
-        self.client = httpx.Client(timeout=timeout, verify=verify, follow_redirects=False)
+        verify: ssl.SSLContext | bool = True  # certifi's bundle, httpx's default
+        if ca_file is not None:  # wins over ca_dir, as SSL_CERT_FILE did in httpx
+            verify = ssl.create_default_context(cafile=str(ca_file))
+        elif ca_dir is not None:
+            verify = ssl.create_default_context(capath=str(ca_dir))
+        self._through = " through the proxy" if proxy else ""
+        self.client = httpx.Client(timeout=timeout, verify=verify, follow_redirects=False, trust_env=False, proxy=proxy)
 
     def exchange(self, subject: SubjectToken, request: ExchangeRequest) -> IssuedCredential:
         sent_at = time.time()
         try:
             response = self.client.post(self.url, data=request.form(subject), headers={"Accept": "application/json"})
         except httpx.TransportError as error:
-            raise ExchangeError("temporarily_unavailable", f"{self.url} did not answer ({type(error).__name__})", temporary=True) from None
+            what = f"{self.url} did not answer{self._through} ({type(error).__name__})"
+            raise ExchangeError("temporarily_unavailable", what, temporary=True) from None
         if response.status_code != 200:
             raise _refusal(response, self.url)
         try:

@@ -33,10 +33,11 @@ from server.policy import (
 )
 from server.policy.decision import Decision, Grant, grant
 from server.ratelimit import RateLimits
+from server.reserved_audience import WEB_IDENTITY_AUDIENCE, refuse_reserved_grant
 from server.revocation import Revocations
 from server.signatures import ImageSignatures
 from server.state import StateStore, StateUnavailable
-from server.sts import STS_DURATION_SECONDS, WEB_IDENTITY_AUDIENCE, WEB_IDENTITY_TOKEN_TTL, StsIssuer
+from server.sts import STS_DURATION_SECONDS, WEB_IDENTITY_TOKEN_TTL, StsIssuer
 from server.token_request import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_AWS_CREDENTIALS, TokenRequest
 
 log = logging.getLogger("chit.exchange")
@@ -158,6 +159,8 @@ class TokenExchange:
         entry.reasons = decision.reasons
         aws_credentials = request.requested_token_type == TOKEN_TYPE_AWS_CREDENTIALS
         granted = grant(decision, request.scope, request.targets, require_audience=not aws_credentials)
+        if not aws_credentials:  # STS credentials carry no audience; a JWT's is never the reserved one
+            refuse_reserved_grant(granted.audience)
         entry.granted_scope, entry.granted_audience = granted.scope, granted.audience
 
         if aws_credentials:

@@ -9,7 +9,8 @@ Two ways to get them (`aws.sts_mode`):
 - `web_identity`: chit holds no AWS credentials at all. It mints a short JWT
   for audience `sts.amazonaws.com` (its issuer is registered in IAM as an
   OIDC provider) and calls `sts:AssumeRoleWithWebIdentity`; the same tags
-  travel in the token's `https://aws.amazon.com/tags` claim.
+  travel in the token's `https://aws.amazon.com/tags` claim. No other token
+  chit mints may carry that audience (server.reserved_audience).
 
 Either way: DurationSeconds is 900 (AWS's minimum is chit's maximum, DESIGN.md
 "Minted lifetime"), the RoleSessionName is derived from the subject, and the
@@ -34,7 +35,6 @@ from server.errors import InvalidRequest, PolicyDenied, TemporarilyUnavailable
 from server.policy.decision import AwsGrant
 
 STS_DURATION_SECONDS = 900
-WEB_IDENTITY_AUDIENCE = "sts.amazonaws.com"
 WEB_IDENTITY_TOKEN_TTL = 300
 AWS_TAGS_CLAIM = "https://aws.amazon.com/tags"
 CHIT_TAG_PREFIX = "chit:"

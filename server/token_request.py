@@ -8,6 +8,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from attestors import JWT_TOKEN_TYPES, TOKEN_TYPE_AWS_IID
 from server.errors import InvalidRequest, InvalidScope, InvalidTarget, UnsupportedGrantType
+from server.reserved_audience import is_reserved_audience
 
 GRANT_TYPE_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
@@ -108,6 +109,9 @@ def _targets(fields: dict[str, list[str]], name: str) -> tuple[str, ...]:
             # RFC 8707 §2: "MUST be an absolute URI ... MUST NOT include a fragment component."
             if not parts.scheme or parts.fragment or "#" in value:
                 raise InvalidTarget("resource must be an absolute URI without a fragment")
+        if is_reserved_audience(value):
+            # DESIGN.md "Reserved audience": "an ordinary exchange can neither request it nor be granted it".
+            raise InvalidTarget(f"{name} {value!r} is reserved for chit's own calls to AWS STS")
     return values
 
 

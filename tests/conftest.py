@@ -44,6 +44,10 @@ TEST_BINDINGS = {
                     "short-lived": {"scope": ["read:db"], "audience": ["https://db.internal"], "ttl": 120},
                     "eu-only": {"scope": ["read:db"], "audience": ["https://db.internal"], "regions": ["eu-west-1"]},
                     "no-audience": {"scope": ["read:db"], "audience": []},
+                    # DESIGN.md "Reserved audience": policies that list it; chit never grants it.
+                    "sts-only": {"scope": ["read:db"], "audience": ["sts.amazonaws.com"]},
+                    "sts-first": {"scope": ["read:db"], "audience": ["sts.amazonaws.com", "https://db.internal"]},
+                    "sts-url": {"scope": ["read:db"], "audience": ["https://STS.amazonaws.com/"]},
                 },
                 "ops": {"orchestrator": {"scope": ["delegate"], "audience": ["https://db.internal"]}},
             },
@@ -125,6 +129,8 @@ AWS_BINDINGS = {
                     "deployer": {"aws": {"role_arn": ROLE_DEPLOYER, "session_policy": SESSION_POLICY, "tags": {"team": "payments"}}},
                     "short-lived": {"ttl": 300, "aws": {"role_arn": ROLE_DEPLOYER}},
                     "tag-thief": {"aws": {"role_arn": ROLE_DEPLOYER, "tags": {"CHIT:subject": "spiffe://example.org/k8s/prod/ns/ops/sa/admin"}}},
+                    # A role, and (wrongly) the reserved audience: STS credentials yes, a JWT for STS never.
+                    "sts-audience": {"audience": ["sts.amazonaws.com"], "aws": {"role_arn": ROLE_DEPLOYER}},
                 }
             }
         },

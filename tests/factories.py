@@ -7,11 +7,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import ipaddress
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -27,7 +29,8 @@ import jwt
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
@@ -146,6 +149,62 @@ class ClusterIssuer:
 DROP = object()  # a claim override that removes the claim
 
 
+def sign_jws(claims: dict[str, Any], key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, algorithm: str, kid: str) -> str:
+    """A compact JWS with header alg `algorithm` (RS256 or ES256, SHA-256 either way),
+    signed by `key` whatever it is: PyJWT refuses some keys (ES256 on P-384) that a
+    test must still be able to sign with, to show chit refuses them too."""
+    header = {"alg": algorithm, "kid": kid, "typ": "JWT"}
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}".encode()
+    if isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        size = (key.curve.key_size + 7) // 8
+        signature = r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    return f"{signing_input.decode()}.{b64url(signature)}"
+
+
+@dataclass
+class WeakKey:
+    """A key no JWKS may make chit verify with (RFC 7518 §3.3/§3.4, RFC 7517 §4.4):
+    the private key, the algorithm a token signed by it claims, and its JWK."""
+
+    kid: str
+    private_key: Any
+    algorithm: str
+    jwk: dict[str, Any]
+
+    def token(self, claims: dict[str, Any]) -> str:
+        return sign_jws(claims, self.private_key, self.algorithm, self.kid)
+
+
+# Keys no JWKS may make chit verify with, by name: (a new private key, the
+# algorithm tokens signed by it claim, the alg its JWK states).
+WEAK_KEY_KINDS: dict[str, tuple[Callable[[], Any], str, str]] = {
+    # RSA-2048 with public exponent 3 (cryptography still generates it).
+    "rsa-e3": (lambda: rsa.generate_private_key(public_exponent=3, key_size=2048), "RS256", "RS256"),
+    "rsa-1024": (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), "RS256", "RS256"),
+    # crv P-384 under alg ES256: not the curve the algorithm names.
+    "p384-labelled-es256": (lambda: ec.generate_private_key(ec.SECP384R1()), "ES256", "ES256"),
+    # Strong keys whose alg contradicts them.
+    "rsa-labelled-es256": (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256", "ES256"),
+    "p256-labelled-es384": (lambda: ec.generate_private_key(ec.SECP256R1()), "ES256", "ES384"),
+}
+
+
+def weak_keys(prefix: str) -> dict[str, WeakKey]:
+    """One WeakKey of each of WEAK_KEY_KINDS, by name; kids are `prefix-name`."""
+    found = {}
+    for name, (generate, algorithm, label) in WEAK_KEY_KINDS.items():
+        key = generate()
+        encoder = RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else ECAlgorithm
+        jwk = encoder.to_jwk(key.public_key(), as_dict=True)
+        kid = f"{prefix}-{name}"
+        jwk.update(kid=kid, alg=label, use="sig")
+        found[name] = WeakKey(kid, key, algorithm, jwk)
+    return found
+
+
 # --- Google's token service -------------------------------------------------------
 
 GOOGLE_ISSUER = "https://accounts.google.com"
@@ -183,10 +242,10 @@ class GoogleSigner:
         self.certificates: dict[str, str] = {}
         self.kid = self.add_key()
 
-    def add_key(self) -> str:
+    def add_key(self, public_exponent: int = 65537) -> str:
         """A new published key (Google rotates keys this way); returns its kid."""
         kid = uuid.uuid4().hex
-        self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.keys[kid] = rsa.generate_private_key(public_exponent=public_exponent, key_size=2048)
         self.certificates[kid] = self_signed_certificate(self.keys[kid], "securetoken.system.gserviceaccount.com")
         return kid
 
@@ -800,7 +859,15 @@ class ChitServer:
 
 
 # The variables `chit exchange` / `chit agent` read defaults from: tests pass them explicitly.
-CLIENT_ENV_VARIABLES = ("CHIT_URL", "CHIT_SUBJECT_TOKEN_FILE", "KUBERNETES_SERVICE_HOST", "AWS_EC2_METADATA_SERVICE_ENDPOINT", "GCE_METADATA_HOST")
+CLIENT_ENV_VARIABLES = ("CHIT_URL", "CHIT_SUBJECT_TOKEN_FILE", "CHIT_PROXY", "KUBERNETES_SERVICE_HOST", "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                        "GCE_METADATA_HOST", "SSL_CERT_FILE", "SSL_CERT_DIR")
+# What clusters inject for a proxy, in the spellings urllib and httpx read; NO_PROXY emptied.
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def proxy_env(url: str) -> dict[str, str]:
+    """An environment that names `url` as the proxy for everything."""
+    return {**{name: url for name in PROXY_VARIABLES}, "NO_PROXY": "", "no_proxy": ""}
 
 
 def chit_command(*args: str) -> list[str]:
@@ -821,10 +888,10 @@ def run_chit(*args: str, env: dict[str, str] | None = None, timeout: float = 60)
 class AgentProcess:
     """`chit agent ARGS…` in a subprocess, its stdout and stderr in files."""
 
-    def __init__(self, directory: Path, *args: str):
+    def __init__(self, directory: Path, *args: str, env: dict[str, str] | None = None):
         self.stdout, self.stderr = directory / "agent.stdout", directory / "agent.stderr"
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
-            self.process = subprocess.Popen(chit_command("agent", *args), stdout=out, stderr=err, env=client_env(), cwd=ROOT)
+            self.process = subprocess.Popen(chit_command("agent", *args), stdout=out, stderr=err, env=client_env(**(env or {})), cwd=ROOT)
 
     def log(self) -> str:
         return self.stderr.read_text(errors="replace")
@@ -1547,6 +1614,97 @@ class MotoServer:
             image_id=instance["ImageId"],
             pending_time=instance["LaunchTime"].strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
+
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) and those httpx recomputes: a relay does not pass them on.
+_NOT_RELAYED = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
+                          "transfer-encoding", "upgrade", "content-length", "content-encoding", "host"})
+
+
+class HttpRelay:
+    """An HTTP server on 127.0.0.1 that records the request line of every request it
+    receives (`requests`) and relays requests on:
+
+    - as a forward proxy (no `upstream`): an absolute-form request (RFC 9112 §3.2.2,
+      `POST http://host/path`) goes to the origin it names; anything else (CONNECT
+      included) is answered 502. `forward=False` records only, answering 502;
+    - as chit's TLS front (`upstream` set, `tls` = (certificate file, key file)):
+      every request goes to `upstream`, the way an ingress terminates TLS for chit.
+    """
+
+    def __init__(self, *, forward: bool = True, upstream: str | None = None, tls: tuple[Path, Path] | None = None):
+        self.requests: list[str] = []
+        relay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def parse_request(self) -> bool:
+                relay.requests.append(self.raw_requestline.decode("latin-1").rstrip("\r\n"))
+                return super().parse_request()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                target = upstream + self.path if upstream else self.path
+                if not forward or not target.startswith("http://"):
+                    self.answer(502, {}, b"")
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _NOT_RELAYED}
+                with httpx.Client(trust_env=False, timeout=10) as client:
+                    response = client.request(self.command, target, headers=headers, content=body)
+                self.answer(response.status_code, {k: v for k, v in response.headers.items() if k.lower() not in _NOT_RELAYED}, response.content)
+
+            def answer(self, status: int, headers: dict[str, str], body: bytes) -> None:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_CONNECT = relay  # noqa: N815
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def tls_certificate_for_localhost(directory: Path) -> tuple[Path, Path, Path]:
+    """A test CA and a certificate it issued for 127.0.0.1: (CA file, certificate file, key file)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chit test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.pem", directory / "tls.pem", directory / "tls.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return paths
 
 
 class HangingServer:

@@ -841,7 +841,7 @@ def test_freshness_follows_the_cache_headers(headers: dict, expected: float) -> 
     assert freshness_lifetime(httpx.Headers(headers)) == expected
 
 
-def test_only_rsa_2048_certificates_are_kept() -> None:
+def test_only_rsa_2048_e65537_certificates_are_kept() -> None:
     from attestors.gcp import parse_certificates
     from tests.factories import self_signed_certificate
 
@@ -849,6 +849,7 @@ def test_only_rsa_2048_certificates_are_kept() -> None:
     document = {
         "good": self_signed_certificate(good, "google"),
         "small": self_signed_certificate(rsa.generate_private_key(public_exponent=65537, key_size=1024), "google"),
+        "e3": self_signed_certificate(rsa.generate_private_key(public_exponent=3, key_size=2048), "google"),
         "ec": self_signed_certificate(ec.generate_private_key(ec.SECP256R1()), "google"),
         "garbage": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
         "number": 7,
@@ -859,6 +860,25 @@ def test_only_rsa_2048_certificates_are_kept() -> None:
     assert certificates["good"].algorithm == "RS256" and certificates["good"].pem == document["good"]
     with pytest.raises(ValueError):
         parse_certificates(["good"], "test")
+
+
+def test_a_certificate_with_exponent_3_never_verifies_and_the_others_keep_working(
+    tmp_path: Path, documents: DocumentServer
+) -> None:
+    """Google's certificates meet the same rule as every JWKS key (RFC 7518 §3.3, e = 65537)."""
+    signer = GoogleSigner(AUDIENCE)
+    weak_kid = signer.add_key(public_exponent=3)
+    documents.serve("/google-weak/certs", signer.certs())
+    server = gcp_server(tmp_path / "chit", documents, "/google-weak/certs", policy=copy_policy(tmp_path / "p", GCP_BINDINGS), audiences=[AUDIENCE])
+    server.start()
+    try:
+        for _ in range(3):
+            body = assert_refused(server.exchange(signer.token(kid=weak_kid)))
+            assert server.audit_for(body["decision_id"])["outcome"] == "invalid"
+        assert_issued(server.exchange(signer.token()))
+        assert server.log().count(f"kid {weak_kid!r} not used: RSA-2048 with exponent 3") == 1, server.log()
+    finally:
+        server.stop()
 
 
 def test_google_auth_is_never_called_without_an_audience(google: GoogleSigner) -> None:

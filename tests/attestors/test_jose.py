@@ -48,6 +48,7 @@ def test_nbf_is_optional_only_when_allowed() -> None:
 def test_algorithm_comes_from_the_key_never_the_token() -> None:
     assert algorithm_for_key(rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()) == "RS256"
     assert algorithm_for_key(rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()) is None
+    assert algorithm_for_key(rsa.generate_private_key(public_exponent=3, key_size=2048).public_key()) is None
     assert algorithm_for_key(ec.generate_private_key(ec.SECP256R1()).public_key()) == "ES256"
     assert algorithm_for_key(ec.generate_private_key(ec.SECP384R1()).public_key()) is None
     assert algorithm_for_key(b"a shared secret") is None

@@ -1,24 +1,42 @@
 """Where verification keys come from, and what happens when that source fails:
 cached keys keep working, an unknown kid costs at most one fetch per 30 s, and a
-check that cannot be made is a 503, never a token."""
+check that cannot be made is a 503, never a token. Which keys of a source are
+used at all: only strong ones whose JWK says what they are."""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 import jwt
 import pytest
 
-from tests.factories import ChitServer, ClusterIssuer, DocumentServer, assert_issued, assert_refused, free_port
+from tests.factories import (
+    WEAK_KEY_KINDS,
+    ChitServer,
+    ClusterIssuer,
+    DocumentServer,
+    WeakKey,
+    assert_issued,
+    assert_refused,
+    copy_policy,
+    free_port,
+    weak_keys,
+)
 
 
 @pytest.fixture(scope="module")
-def issuers(documents: DocumentServer) -> dict[str, ClusterIssuer]:
+def weak() -> dict[str, WeakKey]:
+    return weak_keys("weak")
+
+
+@pytest.fixture(scope="module")
+def issuers(documents: DocumentServer, weak: dict[str, WeakKey]) -> dict[str, ClusterIssuer]:
     found = {}
-    for name in ("flaky", "rotating", "flood", "down", "garbage", "deep", "slow", "private"):
+    for name in ("flaky", "rotating", "flood", "down", "garbage", "deep", "slow", "private", "weak"):
         issuer = ClusterIssuer(name, f"https://{name}.k8s.chit.test")
         found[name] = issuer
         documents.serve(f"/{name}/jwks", issuer.jwks())
@@ -28,6 +46,8 @@ def issuers(documents: DocumentServer) -> dict[str, ClusterIssuer]:
     private = found["private"]
     leaked = dict(private.jwk, d="AQAB")  # a JWKS that (wrongly) carries a private member
     documents.serve("/private/jwks", {"keys": [leaked]})
+    # One good key among keys that must never verify anything.
+    documents.serve("/weak/jwks", {"keys": [*(key.jwk for key in weak.values()), found["weak"].jwk]})
     for name in ("disco", "impostor"):
         issuer = ClusterIssuer(name, documents.url(f"/{name}"))
         found[name] = issuer
@@ -53,8 +73,6 @@ def chit_jwks(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServe
         clusters.append(cluster)
     bindings = {name: {"payments": {"agent": {"scope": ["s"], "audience": ["https://x"]}}} for name in issuers}
     policy = tmp_path_factory.mktemp("jwks-policy")
-    from tests.factories import copy_policy
-
     copy_policy(policy / "p", {"bindings": {"kubernetes": bindings}})
     server = ChitServer(
         tmp_path_factory.mktemp("chit-jwks"),
@@ -136,28 +154,63 @@ def test_discovery_document_naming_another_issuer_is_never_used(chit_jwks: ChitS
     assert "another issuer" in chit_jwks.log()
 
 
-def test_jwks_file_is_reread_when_it_changes(tmp_path, documents: DocumentServer) -> None:
+@pytest.mark.parametrize("name", WEAK_KEY_KINDS)
+def test_a_weak_or_mislabelled_key_never_verifies_and_the_good_keys_keep_working(
+    chit_jwks: ChitServer, issuers, weak: dict[str, WeakKey], name: str
+) -> None:
+    """RFC 7518 §3.3: "A key of size 2048 bits or larger MUST be used" (and chit pins
+    e = 65537); §3.4: ES256 is ECDSA "using P-256"; RFC 7517 §4.4: `alg` is "the
+    algorithm intended for use with the key"."""
+    issuer, key = issuers["weak"], weak[name]
+    for _ in range(3):
+        body = assert_refused(chit_jwks.exchange(key.token(issuer.claims())))
+        assert chit_jwks.audit_for(body["decision_id"])["outcome"] == "invalid"
+    assert_issued(chit_jwks.exchange(issuer.token()))
+    assert chit_jwks.log().count(f"kid {key.kid!r} not used") == 1, chit_jwks.log()
+
+
+def file_jwks_chit(directory: Path, issuer: ClusterIssuer, jwks: Path) -> ChitServer:
+    """chit trusting `issuer` with the JWKS in the file `jwks`."""
+    policy = copy_policy(directory / "p", {"bindings": {"kubernetes": {issuer.name: {"payments": {"agent": {"audience": ["https://x"]}}}}}})
+    cluster = {"name": issuer.name, "issuer": issuer.issuer, "jwks_file": str(jwks), "audiences": ["chit"]}
+    return ChitServer(directory / "chit", {"policy": {"dir": str(policy)}, "attestors": {"kubernetes": {"clusters": [cluster]}}}).start()
+
+
+def rewrite_until_used(server: ChitServer, jwks: Path, successor: ClusterIssuer, keys: list[dict]) -> None:
+    """Write `keys` to the JWKS file and wait until chit has re-read it (`successor` verifies)."""
+    jwks.write_text(json.dumps({"keys": keys}))
+    deadline = time.time() + 10
+    while server.exchange(successor.token()).status_code != 200:
+        assert time.time() < deadline, "the new JWKS file was not picked up"
+        time.sleep(0.5)
+
+
+def test_jwks_file_is_reread_when_it_changes(tmp_path: Path) -> None:
     issuer = ClusterIssuer("filed", "https://filed.k8s.chit.test")
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps(issuer.jwks()))
-    from tests.factories import copy_policy
-
-    policy = copy_policy(tmp_path / "p", {"bindings": {"kubernetes": {"filed": {"payments": {"agent": {"audience": ["https://x"]}}}}}})
-    server = ChitServer(
-        tmp_path / "chit",
-        {
-            "policy": {"dir": str(policy)},
-            "attestors": {"kubernetes": {"clusters": [{"name": "filed", "issuer": issuer.issuer, "jwks_file": str(jwks), "audiences": ["chit"]}]}},
-        },
-    ).start()
+    server = file_jwks_chit(tmp_path, issuer, jwks)
     try:
         assert_issued(server.exchange(issuer.token()))
         successor = ClusterIssuer("filed", issuer.issuer)
-        jwks.write_text(json.dumps(successor.jwks()))
-        deadline = time.time() + 10
-        while server.exchange(successor.token()).status_code != 200:
-            assert time.time() < deadline, "the new JWKS file was not picked up"
-            time.sleep(0.5)
+        rewrite_until_used(server, jwks, successor, [successor.jwk])
         assert_refused(server.exchange(issuer.token()))  # the replaced key is gone
+    finally:
+        server.stop()
+
+
+def test_a_skipped_key_is_logged_once_not_on_every_reread(tmp_path: Path) -> None:
+    issuer = ClusterIssuer("filed", "https://filed.k8s.chit.test")
+    weak = [key.jwk for key in weak_keys("filed").values()]
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [issuer.jwk, *weak]}))
+    server = file_jwks_chit(tmp_path, issuer, jwks)
+    try:
+        assert_issued(server.exchange(issuer.token()))
+        successor = ClusterIssuer("filed", issuer.issuer)
+        rewrite_until_used(server, jwks, successor, [issuer.jwk, successor.jwk, *weak])
+        assert_issued(server.exchange(issuer.token()))
+        for jwk in weak:
+            assert server.log().count(f"kid {jwk['kid']!r} not used") == 1, server.log()
     finally:
         server.stop()

@@ -27,8 +27,10 @@ from tests.factories import (
     ClusterIssuer,
     DocumentServer,
     HangingServer,
+    HttpRelay,
     closed_port_url,
     copy_policy,
+    proxy_env,
     run_chit,
     wait_until,
 )
@@ -219,6 +221,29 @@ def test_a_refused_file_does_not_hold_up_the_others(chit: ChitServer, prod_issue
         agent.kill()
     decision_id = agent.log().split("invalid_scope: ")[1].split("(decision_id ")[1].split(")")[0]
     assert chit.audit_for(decision_id)["outcome"] == "denied"
+
+
+def test_proxy_variables_are_ignored_and_an_explicit_proxy_is_used(chit: ChitServer, prod_issuer: ClusterIssuer, tmp_path: Path) -> None:
+    """The subject token goes to no proxy the environment names (clusters inject them), only to --proxy."""
+    (tmp_path / "token").write_text(prod_issuer.token())
+    decoy, chosen = HttpRelay(forward=False), HttpRelay()
+    common = ["--server", chit.url, "--subject-token-file", str(tmp_path / "token"), "--audience", DB]
+    try:
+        for name, extra in (("direct", []), ("proxied", ["--proxy", chosen.url])):
+            (tmp_path / name).mkdir()
+            out = tmp_path / name / "db.token"
+            agent = AgentProcess(tmp_path / name, *common, *extra, "--file", str(out), env=proxy_env(decoy.url))
+            try:
+                wait_until(out.exists, 20, f"{out}", agent)
+                chit.verify_issued(out.read_text(), DB)
+                assert agent.terminate() == 0
+            finally:
+                agent.kill()
+    finally:
+        decoy.stop()
+        chosen.stop()
+    assert decoy.requests == []
+    assert chosen.requests == [f"POST {chit.url}/token HTTP/1.1"]
 
 
 def test_a_credential_too_short_lived_to_keep_is_never_written(tmp_path: Path, documents: DocumentServer, prod_issuer: ClusterIssuer) -> None:

@@ -9,7 +9,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jwt
 import pytest
@@ -22,11 +22,14 @@ from tests.factories import (
     GcpMetadataStandIn,
     GoogleSigner,
     HangingServer,
+    HttpRelay,
     ImdsStandIn,
     chit_command,
     client_env,
     closed_port_url,
+    proxy_env,
     run_chit,
+    tls_certificate_for_localhost,
 )
 
 ERROR_LINE = re.compile(r"chit exchange: (?P<error>[a-z_]+): (?P<description>.+?)( \(decision_id (?P<decision_id>[^)]+)\))?\n")
@@ -91,6 +94,75 @@ def test_env_output_is_what_a_shell_evaluates(chit: ChitServer, prod_issuer: Clu
     assert int(expires_at) <= claims["exp"]
 
 
+# --- proxies and TLS ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy() -> Iterator[HttpRelay]:
+    relay = HttpRelay()
+    yield relay
+    relay.stop()
+
+
+def test_proxy_variables_of_the_environment_never_see_the_subject_token(
+    chit: ChitServer, prod_issuer: ClusterIssuer, tmp_path: Path, proxy: HttpRelay
+) -> None:
+    """Clusters inject HTTP_PROXY and the like for other traffic; the subject token goes to chit alone."""
+    path = str(token_file(tmp_path, prod_issuer.token()))
+    result = exchange(chit, "--kubernetes", "--subject-token-file", path, "--audience", DB, env=proxy_env(proxy.url))
+    assert result.returncode == 0, result.stderr
+    chit.verify_issued(result.stdout.strip(), DB)
+    assert proxy.requests == []
+
+
+@pytest.mark.parametrize("how", ["--proxy", "CHIT_PROXY"])
+def test_a_proxy_chosen_for_chit_is_the_one_used(chit: ChitServer, prod_issuer: ClusterIssuer, tmp_path: Path, proxy: HttpRelay, how: str) -> None:
+    decoy = HttpRelay(forward=False)  # what the environment names: never used
+    path = str(token_file(tmp_path, prod_issuer.token()))
+    args, env = ["--kubernetes", "--subject-token-file", path, "--audience", DB], proxy_env(decoy.url)
+    if how == "--proxy":
+        args += ["--proxy", proxy.url]
+    else:
+        env["CHIT_PROXY"] = proxy.url
+    try:
+        result = exchange(chit, *args, env=env)
+    finally:
+        decoy.stop()
+    assert result.returncode == 0, result.stderr
+    chit.verify_issued(result.stdout.strip(), DB)
+    assert proxy.requests == [f"POST {chit.url}/token HTTP/1.1"] and decoy.requests == []
+
+
+def test_a_proxy_that_is_down_is_worth_retrying_and_named(chit: ChitServer, prod_issuer: ClusterIssuer, tmp_path: Path) -> None:
+    result = exchange(chit, "--subject-token-file", str(token_file(tmp_path, prod_issuer.token())), "--proxy", closed_port_url())
+    assert result.returncode == 75
+    assert refusal(result)["description"].startswith(f"{chit.url}/token did not answer through the proxy")
+
+
+def test_ssl_cert_file_and_dir_still_name_the_cas_of_chits_certificate(chit: ChitServer, prod_issuer: ClusterIssuer, tmp_path: Path) -> None:
+    """Not trusting the environment's proxies keeps the CA sources httpx read from it."""
+    ca_file, certificate, key = tls_certificate_for_localhost(tmp_path)
+    ca_dir = tmp_path / "cas"
+    ca_dir.mkdir()
+    subject_hash = subprocess.run(["openssl", "x509", "-noout", "-subject_hash", "-in", str(ca_file)], capture_output=True, text=True, check=True)
+    (ca_dir / f"{subject_hash.stdout.strip()}.0").write_bytes(ca_file.read_bytes())
+    front = HttpRelay(upstream=chit.url, tls=(certificate, key))
+    args = ["--subject-token-file", str(token_file(tmp_path, prod_issuer.token())), "--audience", DB]
+    try:
+        untrusted = run_chit("exchange", "--server", front.url, *args)
+        trusted = {
+            "SSL_CERT_FILE": run_chit("exchange", "--server", front.url, *args, env={"SSL_CERT_FILE": str(ca_file)}),
+            "SSL_CERT_DIR": run_chit("exchange", "--server", front.url, *args, env={"SSL_CERT_DIR": str(ca_dir)}),
+            "--ca-file": run_chit("exchange", "--server", front.url, *args, "--ca-file", str(ca_file)),
+        }
+    finally:
+        front.stop()
+    assert untrusted.returncode == 75 and "did not answer (ConnectError)" in untrusted.stderr
+    for source, result in trusted.items():
+        assert result.returncode == 0, (source, result.stderr)
+        chit.verify_issued(result.stdout.strip(), DB)
+
+
 # --- refusals and failures ------------------------------------------------------------------------
 
 
@@ -148,6 +220,7 @@ def test_auto_without_any_platform_lists_every_place_it_looked(chit: ChitServer,
         (["--server", "ftp://chit.example"], "is not chit's base URL"),
         (["--kubernetes", "--aws"], "not allowed with argument"),
         (["--timeout", "0"], "is not a number of seconds"),
+        (["--proxy", "socks5://user:secret@127.0.0.1:1080"], "not a proxy URL"),
     ],
 )
 def test_usage_errors_exit_2(chit: ChitServer, args: list[str], message: str) -> None:

@@ -7,6 +7,7 @@ import re
 import time
 
 import jwt
+import pytest
 
 from tests.factories import ChitServer, ClusterIssuer, assert_issued, assert_refused
 
@@ -33,6 +34,22 @@ def test_minted_token_claims_follow_the_contract(chit: ChitServer, prod_issuer: 
         "service_account": "agent",
         "pod": {"name": pod["name"], "uid": pod["uid"]},
     }
+
+
+@pytest.mark.parametrize("service_account", ["sts-only", "sts-first", "sts-url"])
+def test_a_policy_cannot_grant_the_reserved_sts_audience(chit: ChitServer, prod_issuer: ClusterIssuer, service_account: str) -> None:
+    """DESIGN.md "Reserved audience": `sts.amazonaws.com` "is only ever the audience of the
+    web-identity JWTs chit mints for its own AssumeRoleWithWebIdentity call"; a decision
+    listing it first does not make it the default audience of an ordinary token."""
+    body = assert_refused(chit.exchange(prod_issuer.token(service_account=service_account)), error="invalid_target")
+    audit = chit.audit_for(body["decision_id"])
+    assert audit["outcome"] == "denied" and audit["granted_audience"] == [] and audit["jti"] is None
+    assert any("reserved audience" in reason and "amazonaws.com" in reason for reason in audit["reasons"]), audit
+
+
+def test_other_audiences_of_a_decision_listing_the_reserved_one_are_granted(chit: ChitServer, prod_issuer: ClusterIssuer) -> None:
+    body = assert_issued(chit.exchange(prod_issuer.token(service_account="sts-first"), audience=DB))
+    assert chit.verify_issued(body["access_token"], DB)[1]["aud"] == DB
 
 
 def test_every_token_has_a_unique_jti(chit: ChitServer, prod_issuer: ClusterIssuer) -> None:

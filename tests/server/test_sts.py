@@ -21,6 +21,7 @@ from tests.factories import (
     AWS_CREDENTIALS_TYPE,
     AWS_IID_TYPE,
     AWS_TEST_ENV,
+    JWT_TYPE,
     MOTO_ACCOUNT,
     ChitServer,
     ClusterIssuer,
@@ -240,6 +241,18 @@ def test_web_identity_token_is_chits_jwt_for_sts(web_identity_chit: ChitServer, 
     # It is never evidence for chit itself.
     assert_refused(web_identity_chit.exchange(token))
     assert jwt.decode(token, options={"verify_signature": False})["jti"]
+
+
+def test_web_identity_mode_keeps_sts_for_itself(web_identity_chit: ChitServer, prod_issuer: ClusterIssuer, moto: MotoServer) -> None:
+    """A decision listing `sts.amazonaws.com` still gets STS credentials through chit, never a JWT
+    for STS that the workload could use for AssumeRoleWithWebIdentity itself (DESIGN.md "Reserved audience")."""
+    body = credentials_for(web_identity_chit, prod_issuer.token(service_account="sts-audience"))
+    assert moto.client("sts", credentials=body["aws_credentials"]).get_caller_identity()["Arn"].startswith(
+        f"arn:aws:sts::{MOTO_ACCOUNT}:assumed-role/deployer/"
+    )
+    for fields in ({}, {"audience": "sts.amazonaws.com"}, {"requested_token_type": JWT_TYPE}):
+        refused = assert_refused(web_identity_chit.exchange(prod_issuer.token(service_account="sts-audience"), **fields), error="invalid_target")
+        assert "access_token" not in refused and web_identity_chit.audit_for(refused["decision_id"])["jti"] is None
 
 
 def test_web_identity_mode_serves_instances_too(web_identity_chit: ChitServer, aws_regions: AwsRegions, moto: MotoServer) -> None:

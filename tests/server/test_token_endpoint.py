@@ -12,6 +12,8 @@ import pytest
 
 from tests.factories import JWT_TYPE, TOKEN_EXCHANGE, ChitServer, ClusterIssuer, assert_issued, assert_refused
 
+DB = "https://db.internal"
+
 
 def form(token: str, **extra: str) -> dict[str, str]:
     return {"grant_type": TOKEN_EXCHANGE, "subject_token_type": JWT_TYPE, "subject_token": token, **extra}
@@ -71,6 +73,28 @@ def test_audience_and_resource_may_repeat(chit: ChitServer, prod_issuer: Cluster
     body = urlencode(form(prod_issuer.token())) + "&audience=https%3A%2F%2Fdb.internal&resource=https%3A%2F%2Fcache.internal"
     response = chit.client.post("/token", content=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert_issued(response)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("audience", "sts.amazonaws.com"),
+        ("audience", "STS.amazonaws.com"),
+        ("audience", "sts.amazonaws.com/"),
+        ("audience", "https://sts.amazonaws.com"),
+        ("audience", "sts.us-east-1.amazonaws.com"),
+        ("resource", "https://sts.amazonaws.com"),
+        ("resource", "https://sts.amazonaws.com/"),
+    ],
+)
+def test_the_reserved_sts_audience_cannot_be_requested(chit: ChitServer, prod_issuer: ClusterIssuer, field: str, value: str) -> None:
+    """DESIGN.md "Reserved audience": "an ordinary exchange can neither request it nor be granted it" (400 invalid_target)."""
+    body = assert_refused(chit.exchange(prod_issuer.token(), **{field: [DB, value]}), error="invalid_target")
+    audit = chit.audit_for(body["decision_id"])
+    assert audit["outcome"] == "invalid" and audit["error"] == "invalid_target"
+    assert audit["subject"] is None  # refused while parsing: nothing was verified
+    # Whatever the subject token: the request is refused before it is looked at.
+    assert_refused(chit.exchange("not-a-token", **{field: value}), error="invalid_target")
 
 
 def test_json_body_is_refused(chit: ChitServer, prod_issuer: ClusterIssuer) -> None:
