@@ -176,19 +176,77 @@ def parse_issued(body: Any, requested_token_type: str, sent_at: float) -> Issued
     )
 
 
+def _ssl_error(error: BaseException) -> ssl.SSLError | None:
+    """The TLS failure under an httpx error (httpx wraps httpcore's, which wraps ssl's)."""
+    seen: BaseException | None = error
+    while seen is not None and not isinstance(seen, ssl.SSLError):
+        seen = seen.__cause__ or seen.__context__
+    return seen
+
+
+def _file_version(path: Path) -> tuple[int, ...]:
+    status = path.stat()
+    return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size)
+
+
 class TokenEndpoint:
-    """chit's `/token` under `server_url`; the subject token travels only there."""
+    """chit's `/token` under `server_url`; the subject token travels only there.
+
+    With `ca_file`, chit's certificate must chain to a CA certificate in that file
+    (else to the public CAs httpx trusts). The file is read again when it changes:
+    a CA bundle that a ConfigMap (trust-manager) updates while the agent runs,
+    e.g. old and new CA during a rotation, is followed without a restart."""
 
     def __init__(self, server_url: str, *, timeout: float = REQUEST_TIMEOUT, ca_file: Path | None = None):
         self.url = server_url.rstrip("/") + "/token"
-        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
-        self.client = httpx.Client(timeout=timeout, verify=verify, follow_redirects=False)
+        self.timeout = timeout
+        self.ca_file = ca_file
+        self._ca_version: tuple[int, ...] | None = None
+        self.client = self._client()
+
+    def _client(self) -> httpx.Client:
+        """A client verifying against `ca_file` as it is now; ValueError naming the file if it cannot be used."""
+        if self.ca_file is None:
+            return httpx.Client(timeout=self.timeout, verify=True, follow_redirects=False)
+        try:
+            version = _file_version(self.ca_file)
+            verify = ssl.create_default_context(cafile=str(self.ca_file))
+        except ssl.SSLError:
+            raise ValueError(f"{self.ca_file}: no PEM CA certificate in it") from None
+        except OSError as error:
+            raise ValueError(f"{self.ca_file}: {error.strerror}") from None
+        self._ca_version = version
+        return httpx.Client(timeout=self.timeout, verify=verify, follow_redirects=False)
+
+    def _follow_ca_file(self) -> None:
+        """Before each exchange: a CA file that changed since it was read is read again."""
+        if self.ca_file is None:
+            return
+        try:
+            if _file_version(self.ca_file) == self._ca_version:
+                return
+        except OSError:
+            pass  # _client() says what is wrong with it
+        try:
+            client = self._client()
+        except ValueError as error:
+            raise ExchangeError("invalid_request", f"CA file {error}") from None
+        self.client.close()
+        self.client = client
 
     def exchange(self, subject: SubjectToken, request: ExchangeRequest) -> IssuedCredential:
+        self._follow_ca_file()
         sent_at = time.time()
         try:
             response = self.client.post(self.url, data=request.form(subject), headers={"Accept": "application/json"})
         except httpx.TransportError as error:
+            tls = _ssl_error(error)
+            if isinstance(tls, ssl.SSLCertVerificationError):
+                # Not worth retrying as it is: the CA file or chit's certificate must change first.
+                trusted = f"the CA certificates in {self.ca_file}" if self.ca_file else "the public CAs (set --ca-file or $CHIT_CA_FILE)"
+                raise ExchangeError("invalid_request", f"{self.url}: chit's TLS certificate is not trusted: {tls.verify_message}; checked against {trusted}") from None
+            if tls is not None:
+                raise ExchangeError("temporarily_unavailable", f"{self.url}: the TLS handshake failed ({tls.reason or type(tls).__name__})", temporary=True) from None
             raise ExchangeError("temporarily_unavailable", f"{self.url} did not answer ({type(error).__name__})", temporary=True) from None
         if response.status_code != 200:
             raise _refusal(response, self.url)
