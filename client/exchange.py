@@ -223,10 +223,11 @@ class TokenEndpoint:
         if self.ca_file is None:
             return
         try:
-            if _file_version(self.ca_file) == self._ca_version:
-                return
+            unchanged = _file_version(self.ca_file) == self._ca_version
         except OSError:
-            pass  # _client() says what is wrong with it
+            unchanged = False  # _client() names what is wrong with it
+        if unchanged:
+            return
         try:
             client = self._client()
         except ValueError as error:

@@ -98,14 +98,13 @@ def start_server(config: Config, args: argparse.Namespace) -> None:
     from server.errors import OAuthError
     from server.keys import SigningKeyError
     from server.policy.bundle import PolicyLoadError
-
-    from server.tls import CertificateError, CertificateFiles, ReloadingCertificate
+    from server.tls import CertificateError, ReloadingCertificate
 
     tls = config.listen.tls
     try:
         # Fail here, once, with a readable message, rather than in every worker.
         exchange = build_exchange(config)
-        certificate = None if tls is None else ReloadingCertificate(CertificateFiles(tls.cert_file, tls.key_file))
+        certificate = None if tls is None else ReloadingCertificate(tls)
     except (PolicyLoadError, SigningKeyError, ValueError, OSError, OAuthError, CertificateError) as error:
         fail(str(error))
     exchange.audit.close()

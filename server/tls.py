@@ -22,11 +22,12 @@ import logging
 import os
 import socket
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 from cryptography import x509
+
+from server.config import ListenTls
 
 log = logging.getLogger("chit.tls")
 
@@ -39,13 +40,7 @@ class CertificateError(Exception):
     """The certificate or key cannot be served; the message names the config key and the file."""
 
 
-@dataclass(frozen=True, slots=True)
-class CertificateFiles:
-    cert_file: Path
-    key_file: Path
-
-
-def _version(files: CertificateFiles) -> tuple[int, ...]:
+def _version(files: ListenTls) -> tuple[int, ...]:
     """What changes when either file is replaced: stat follows the kubelet's symbolic links."""
     version: tuple[int, ...] = ()
     for key, path in ((CERT_KEY, files.cert_file), (KEY_KEY, files.key_file)):
@@ -64,7 +59,7 @@ def _read(key: str, path: Path) -> bytes:
         raise CertificateError(f"{key} {path}: cannot read it: {error.strerror}") from None
 
 
-def load_context(files: CertificateFiles) -> tuple[ssl.SSLContext, x509.Certificate]:
+def load_context(files: ListenTls) -> tuple[ssl.SSLContext, x509.Certificate]:
     """A server context with this pair: TLS 1.2 or 1.3, Python's server defaults for
     ciphers and options, no client certificate asked for. Returns the leaf certificate too."""
     certificate_pem = _read(CERT_KEY, files.cert_file)
@@ -97,7 +92,7 @@ def describe(leaf: x509.Certificate) -> str:
 class ReloadingCertificate:
     """The SSLContext a listening socket serves, following the certificate files."""
 
-    def __init__(self, files: CertificateFiles):
+    def __init__(self, files: ListenTls):
         self.files = files
         self._version = _version(files)
         self._current, self._leaf = load_context(files)

@@ -25,7 +25,8 @@ import socket
 import time
 from typing import Any
 
-from server.tls import CertificateError, CertificateFiles, HttpsServer, ReloadingCertificate
+from server.config import ListenTls
+from server.tls import CertificateError, HttpsServer, ReloadingCertificate
 
 log = logging.getLogger("chit.workers")
 
@@ -63,7 +64,7 @@ def serve(settings: dict[str, Any], sockets: list[socket.socket] | None = None, 
 
 
 def _worker(
-    settings: dict[str, Any], host: str, port: int, tls: CertificateFiles | None, report: multiprocessing.connection.Connection
+    settings: dict[str, Any], host: str, port: int, tls: ListenTls | None, report: multiprocessing.connection.Connection
 ) -> None:
     """One worker process: bind, load its own certificate, report, serve until told to stop."""
     try:
@@ -82,7 +83,7 @@ def _worker(
 
 
 class Supervisor:
-    def __init__(self, settings: dict[str, Any], host: str, port: int, workers: int, tls: CertificateFiles | None = None):
+    def __init__(self, settings: dict[str, Any], host: str, port: int, workers: int, tls: ListenTls | None = None):
         self.settings, self.host, self.port, self.count, self.tls = settings, host, port, workers, tls
         self.context = multiprocessing.get_context("spawn")
         self.processes: list[multiprocessing.process.BaseProcess] = []

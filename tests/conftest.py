@@ -118,8 +118,8 @@ def tls_ca() -> TestCertificateAuthority:
 def tls_chit(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, prod_issuer: ClusterIssuer, tls_ca: TestCertificateAuthority) -> Iterator[ChitServer]:
     """`chit` over HTTPS, with a certificate `tls_ca` issued for 127.0.0.1 (prod cluster only)."""
     directory = tmp_path_factory.mktemp("tls-chit")
-    (prod,) = [c for c in cluster_config(documents, directory / "unused") if c["name"] == "prod"]
-    config = {"policy": {"dir": str(copy_policy(directory / "policies", TEST_BINDINGS))}, "attestors": {"kubernetes": {"clusters": [prod]}}}
+    clusters = cluster_config(documents, Path("/nonexistent"))[:1]
+    config = {"policy": {"dir": str(copy_policy(directory / "policies", TEST_BINDINGS))}, "attestors": {"kubernetes": {"clusters": clusters}}}
     server = ChitServer(directory, config, tls=tls_ca).start()
     yield server
     server.stop()

@@ -768,9 +768,6 @@ class SecretVolume:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
 
-    def path(self, name: str) -> Path:
-        return self.directory / name
-
     def write(self, files: dict[str, bytes]) -> None:
         version = self.directory / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{uuid.uuid4().hex[:8]}"
         version.mkdir()
@@ -787,10 +784,15 @@ class SecretVolume:
         self.write({"tls.crt": certificate.certificate_pem, "tls.key": certificate.key_pem if key_pem is None else key_pem})
 
 
+def served_serial(connection: ssl.SSLSocket) -> int:
+    """The serial of the certificate this connection was served."""
+    return x509.load_der_x509_certificate(connection.getpeercert(binary_form=True)).serial_number
+
+
 def peer_certificate_serial(port: int, context: ssl.SSLContext, host: str = "127.0.0.1") -> int:
     """The serial of the certificate a new TLS connection to `host:port` is served."""
     with socket.create_connection((host, port), timeout=5) as raw, context.wrap_socket(raw, server_hostname=host) as connection:
-        return x509.load_der_x509_certificate(connection.getpeercert(binary_form=True)).serial_number
+        return served_serial(connection)
 
 
 # --- a real chit server ------------------------------------------------------------
@@ -818,7 +820,6 @@ class ChitServer:
             listen["tls"] = {"cert_file": "tls/tls.crt", "key_file": "tls/tls.key"}
         self.config = {
             "issuer": self.url,
-            "listen": listen,
             "signing": {"keys_dir": "keys"},
             "audit": {"sink": "audit.log"},
             **config,

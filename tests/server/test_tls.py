@@ -19,7 +19,6 @@ from typing import Iterator
 import httpx
 import pytest
 import yaml
-from cryptography import x509
 
 from server.http import TLS_CLOSE_GRACE_SECONDS
 from server.tls import RELOAD_SECONDS
@@ -36,6 +35,7 @@ from tests.factories import (
     free_port,
     peer_certificate_serial,
     run_chit,
+    served_serial,
     wait_until,
 )
 
@@ -170,10 +170,6 @@ def start_trickling_request(port: int, context: ssl.SSLContext) -> tuple[ssl.SSL
     return connection, done
 
 
-def served_serial(connection: ssl.SSLSocket) -> int:
-    return x509.load_der_x509_certificate(connection.getpeercert(binary_form=True)).serial_number
-
-
 def finish_request(connection: ssl.SSLSocket, done: threading.Event) -> bytes:
     done.set()
     time.sleep(0.1)
@@ -283,11 +279,10 @@ def test_plain_http_beyond_loopback_refuses_to_start_and_names_the_keys(tmp_path
 
 @pytest.fixture
 def plain_http_chit(tmp_path: Path, documents: DocumentServer) -> Iterator[ChitServer]:
-    (prod,) = [c for c in cluster_config(documents, tmp_path / "unused") if c["name"] == "prod"]
     config = {
         "listen": {"host": "0.0.0.0", "plain_http": True},
         "policy": {"dir": str(copy_policy(tmp_path / "policies", TEST_BINDINGS))},
-        "attestors": {"kubernetes": {"clusters": [prod]}},
+        "attestors": {"kubernetes": {"clusters": cluster_config(documents, Path("/nonexistent"))[:1]}},
     }
     server = ChitServer(tmp_path, config).start()
     yield server
@@ -314,36 +309,30 @@ def test_plain_http_beyond_loopback_starts_with_the_opt_in_and_a_warning(plain_h
 
 
 @pytest.mark.parametrize(
-    "case, named",
+    "cert_file, key_file, message",
     [
-        ("missing key", "listen.tls.key_file {dir}/absent.key: cannot read it: No such file or directory"),
-        ("missing certificate", "listen.tls.cert_file {dir}/absent.crt: cannot read it: No such file or directory"),
-        ("not a certificate", "listen.tls.cert_file {dir}/tls.key: no PEM certificate in it"),
-        ("not a key", "listen.tls.key_file {dir}/tls.crt: not a PEM private key for the certificate in listen.tls.cert_file {dir}/tls.crt "
-                      "(an encrypted key is not supported)"),
-        ("key of another certificate", "listen.tls.key_file {dir}/other.key is not the key of the certificate in listen.tls.cert_file {dir}/tls.crt"),
+        ("tls.crt", "absent.key", "listen.tls.key_file {dir}/absent.key: cannot read it: No such file or directory"),
+        ("absent.crt", "tls.key", "listen.tls.cert_file {dir}/absent.crt: cannot read it: No such file or directory"),
+        ("tls.key", "tls.key", "listen.tls.cert_file {dir}/tls.key: no PEM certificate in it"),
+        ("tls.crt", "tls.crt", "listen.tls.key_file {dir}/tls.crt: not a PEM private key for the certificate in listen.tls.cert_file "
+                               "{dir}/tls.crt (an encrypted key is not supported)"),
+        ("tls.crt", "other.key", "listen.tls.key_file {dir}/other.key is not the key of the certificate in listen.tls.cert_file {dir}/tls.crt"),
     ],
+    ids=["missing-key", "missing-certificate", "not-a-certificate", "not-a-key", "key-of-another-certificate"],
 )
 def test_unusable_certificate_files_stop_the_start_naming_the_key_and_the_file(
-    tmp_path: Path, tls_ca: TestCertificateAuthority, case: str, named: str
+    tmp_path: Path, tls_ca: TestCertificateAuthority, cert_file: str, key_file: str, message: str
 ) -> None:
     issued, other = tls_ca.issue(), tls_ca.issue()
     (tmp_path / "tls.crt").write_bytes(issued.certificate_pem)
     (tmp_path / "tls.key").write_bytes(issued.key_pem)
     (tmp_path / "other.key").write_bytes(other.key_pem)
-    files = {
-        "missing key": ("tls.crt", "absent.key"),
-        "missing certificate": ("absent.crt", "tls.key"),
-        "not a certificate": ("tls.key", "tls.key"),
-        "not a key": ("tls.crt", "tls.crt"),
-        "key of another certificate": ("tls.crt", "other.key"),
-    }[case]
     port = free_port()
     config = {
         "issuer": f"https://127.0.0.1:{port}",
-        "listen": {"host": "127.0.0.1", "port": port, "tls": {"cert_file": files[0], "key_file": files[1]}},
+        "listen": {"host": "127.0.0.1", "port": port, "tls": {"cert_file": cert_file, "key_file": key_file}},
         "signing": {"keys_dir": "keys"},
     }
     result = serve_briefly(tmp_path, config)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr == f"chit: {named.format(dir=tmp_path)}\n"
+    assert result.stderr == f"chit: {message.format(dir=tmp_path)}\n"
