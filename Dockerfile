@@ -2,7 +2,10 @@
 #
 #   docker build -t chit .
 #   docker run --read-only --tmpfs /tmp -v $PWD/chit.yaml:/etc/chit/chit.yaml:ro \
-#     -v $PWD/keys:/var/lib/chit/keys:ro -p 8400:8400 chit
+#     -v $PWD/keys:/var/lib/chit/keys:ro -v $PWD/tls:/etc/chit-tls:ro -p 8443:8443 chit
+#
+# chit.yaml: listen {host: 0.0.0.0, port: 8443, tls: {cert_file: /etc/chit-tls/tls.crt,
+# key_file: /etc/chit-tls/tls.key}}, as deploy/base/chit.yaml.
 #
 # Stage 1 installs chit and its pinned dependency ranges from the project's
 # own metadata (pyproject.toml) into a virtualenv; stage 2 copies only that
@@ -34,10 +37,13 @@ ENV PATH=/opt/chit/bin:$PATH \
 USER 10001:10001
 # The only places chit reads from or writes to; the root filesystem can be
 # read-only. /etc/chit: config (and policies); /var/lib/chit/keys: signing
-# keys (a Secret); /tmp: scratch for the worker processes.
-VOLUME ["/etc/chit", "/var/lib/chit/keys", "/tmp"]
-EXPOSE 8400
+# keys (a Secret); /etc/chit-tls: chit's TLS certificate and key (a Secret);
+# /tmp: scratch for the worker processes.
+VOLUME ["/etc/chit", "/var/lib/chit/keys", "/etc/chit-tls", "/tmp"]
+EXPOSE 8443
+# chit's own HTTPS on the container's loopback. The certificate names the
+# Service, not 127.0.0.1, and no token travels here: it is not verified.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8400/healthz', timeout=2).status != 200)"]
+  CMD ["python", "-c", "import ssl, sys, urllib.request; c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE; sys.exit(urllib.request.urlopen('https://127.0.0.1:8443/healthz', timeout=2, context=c).status != 200)"]
 ENTRYPOINT ["chit", "serve"]
 CMD ["--config", "/etc/chit/chit.yaml"]

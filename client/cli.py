@@ -21,6 +21,7 @@ from attestors.kubernetes import DEFAULT_TOKEN_FILE
 from client.agent import Agent, FileSpec
 from client.collect import CollectorSettings, build_collector
 from client.exchange import OUTPUTS, REQUEST_TIMEOUT, TOKEN_TYPES, ExchangeError, ExchangeRequest, TokenEndpoint, render
+from server.config import is_loopback_host
 
 # Exit codes: 1 refused or failed, 2 usage (argparse), 75 (EX_TEMPFAIL) worth retrying later.
 EXIT_FAILED = 1
@@ -28,10 +29,11 @@ EXIT_TEMPORARY = 75
 
 SERVER_ENV = "CHIT_URL"
 PROXY_ENV = "CHIT_PROXY"
+CA_FILE_ENV = "CHIT_CA_FILE"
 # CA sources httpx read itself while it trusted the whole environment; chit still
 # honours them, as CA sources only (never HTTP_PROXY and the like: TokenEndpoint).
-CA_FILE_ENV = "SSL_CERT_FILE"
-CA_DIR_ENV = "SSL_CERT_DIR"
+SSL_CERT_FILE_ENV = "SSL_CERT_FILE"
+SSL_CERT_DIR_ENV = "SSL_CERT_DIR"
 SUBJECT_TOKEN_FILE_ENV = "CHIT_SUBJECT_TOKEN_FILE"
 # The variables AWS SDKs and google-auth read for the same purpose.
 IMDS_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
@@ -95,13 +97,15 @@ def _add_common(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> 
     request.add_argument("--token-type", choices=list(TOKEN_TYPES),
                          help="access_token (default), jwt, or aws-credentials (STS; the default with --output credential-process)")
     connection = parser.add_argument_group("connection to chit")
-    connection.add_argument("--ca-file", type=Path, metavar="PATH", default=environ.get(CA_FILE_ENV) or None,
-                            help=f"CA certificates for chit's TLS certificate (default: ${CA_FILE_ENV}, else the directory "
-                                 f"${CA_DIR_ENV}, else certifi's public CAs)")
-    connection.set_defaults(ca_dir=Path(environ[CA_DIR_ENV]) if environ.get(CA_DIR_ENV) else None)
+    connection.add_argument("--ca-file", type=Path, metavar="PATH", default=environ.get(CA_FILE_ENV) or environ.get(SSL_CERT_FILE_ENV) or None,
+                            help=f"CA certificates (PEM) that chit's TLS certificate must chain to; re-read when it changes "
+                                 f"(default: ${CA_FILE_ENV}, else ${SSL_CERT_FILE_ENV}, else the directory ${SSL_CERT_DIR_ENV}, else the public CAs)")
+    connection.set_defaults(ca_dir=Path(environ[SSL_CERT_DIR_ENV]) if environ.get(SSL_CERT_DIR_ENV) else None)
     connection.add_argument("--proxy", type=_proxy_url, default=environ.get(PROXY_ENV) or None, metavar="URL",
                             help=f"reach chit through this HTTP proxy (default: ${PROXY_ENV}). HTTP_PROXY, HTTPS_PROXY and "
                                  "ALL_PROXY are ignored: the subject token goes to no proxy unless chosen here")
+    connection.add_argument("--insecure-http", action="store_true",
+                            help="accept an http:// --server that is not on this machine: the subject token and the credential cross the network in clear")
     connection.add_argument("--timeout", type=_seconds, default=REQUEST_TIMEOUT, metavar="SECONDS", help=f"per request (default {REQUEST_TIMEOUT:.0f})")
 
 
@@ -122,9 +126,23 @@ def _request(audience: list[str], scope: list[str], token_type: str) -> Exchange
     return ExchangeRequest(audience=tuple(audience), scope=_scopes(scope), requested_token_type=TOKEN_TYPES[token_type])
 
 
+def _require_https(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The subject token is replayable evidence: it crosses a network only encrypted,
+    unless the caller says otherwise."""
+    parts = urlsplit(args.server)
+    if parts.scheme == "https" or is_loopback_host(parts.hostname):
+        return
+    if not args.insecure_http:
+        parser.error(f"--server {args.server}: the subject token and the credential would cross the network in clear; "
+                     f"use chit's https:// URL (--ca-file or ${CA_FILE_ENV} for a private CA), or --insecure-http to accept that")
+    print(f"{parser.prog}: warning: --insecure-http: the subject token and the credential cross the network to {parts.hostname} in clear",
+          file=sys.stderr)
+
+
 def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Collector, TokenEndpoint]:
     if not args.server:
         parser.error(f"--server URL is required (or set ${SERVER_ENV})")
+    _require_https(parser, args)
     settings = CollectorSettings(
         subject_token_file=args.subject_token_file,
         gcp_audience=args.gcp_audience or args.server,
@@ -133,7 +151,10 @@ def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple
         nonce_file=args.nonce_file,
         in_kubernetes_pod=args.in_kubernetes_pod,
     )
-    endpoint = TokenEndpoint(args.server, timeout=args.timeout, ca_file=args.ca_file, ca_dir=args.ca_dir, proxy=args.proxy)
+    try:
+        endpoint = TokenEndpoint(args.server, timeout=args.timeout, ca_file=args.ca_file, ca_dir=args.ca_dir, proxy=args.proxy)
+    except ValueError as error:
+        parser.error(f"--ca-file (or ${CA_FILE_ENV}) {error}")
     return build_collector(args.platform, settings), endpoint
 
 

@@ -176,6 +176,19 @@ def parse_issued(body: Any, requested_token_type: str, sent_at: float) -> Issued
     )
 
 
+def _ssl_error(error: BaseException) -> ssl.SSLError | None:
+    """The TLS failure under an httpx error (httpx wraps httpcore's, which wraps ssl's)."""
+    seen: BaseException | None = error
+    while seen is not None and not isinstance(seen, ssl.SSLError):
+        seen = seen.__cause__ or seen.__context__
+    return seen
+
+
+def _file_version(path: Path) -> tuple[int, ...]:
+    status = path.stat()
+    return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size)
+
+
 class TokenEndpoint:
     """chit's `/token` under `server_url`; the subject token travels only there.
 
@@ -183,9 +196,13 @@ class TokenEndpoint:
     ALL_PROXY; httpx's `trust_env`): clusters inject those for other traffic,
     and the subject token (and an instance's AWS nonce) would go to that proxy,
     in clear to an http:// chit. Only the `proxy` the caller chose is used.
-    TLS: the CA certificates of `ca_file` or `ca_dir` (the CLI fills them from
-    SSL_CERT_FILE / SSL_CERT_DIR, which httpx read itself under `trust_env`),
-    else certifi's bundle.
+
+    TLS: chit's certificate must chain to a CA certificate in `ca_file`, else in
+    `ca_dir` (the CLI fills them from SSL_CERT_FILE / SSL_CERT_DIR, which httpx
+    read itself under `trust_env`), else to the public CAs httpx trusts. The CA
+    file is read again when it changes: a CA bundle that a ConfigMap
+    (trust-manager) updates while the agent runs, e.g. old and new CA during a
+    rotation, is followed without a restart.
     """
 
     def __init__(
@@ -198,21 +215,61 @@ class TokenEndpoint:
         proxy: str | None = None,
     ):
         self.url = server_url.rstrip("/") + "/token"
-        verify: ssl.SSLContext | bool = True  # certifi's bundle, httpx's default
-        if ca_file is not None:  # wins over ca_dir, as SSL_CERT_FILE did in httpx
-            verify = ssl.create_default_context(cafile=str(ca_file))
-        elif ca_dir is not None:
-            verify = ssl.create_default_context(capath=str(ca_dir))
+        self.timeout = timeout
+        self.ca_file = ca_file
+        self.ca_dir = ca_dir
+        self.proxy = proxy
         self._through = " through the proxy" if proxy else ""
-        self.client = httpx.Client(timeout=timeout, verify=verify, follow_redirects=False, trust_env=False, proxy=proxy)
+        self._ca_version: tuple[int, ...] | None = None
+        self.client = self._client()
+
+    def _client(self) -> httpx.Client:
+        """A client verifying against `ca_file` as it is now; ValueError naming the file if it cannot be used."""
+        verify: ssl.SSLContext | bool = True  # the public CAs (certifi), httpx's default
+        if self.ca_file is not None:
+            try:
+                version = _file_version(self.ca_file)
+                verify = ssl.create_default_context(cafile=str(self.ca_file))
+            except ssl.SSLError:
+                raise ValueError(f"{self.ca_file}: no PEM CA certificate in it") from None
+            except OSError as error:
+                raise ValueError(f"{self.ca_file}: {error.strerror}") from None
+            self._ca_version = version
+        elif self.ca_dir is not None:
+            verify = ssl.create_default_context(capath=str(self.ca_dir))
+        return httpx.Client(timeout=self.timeout, verify=verify, follow_redirects=False, trust_env=False, proxy=self.proxy)
+
+    def _follow_ca_file(self) -> None:
+        """Before each exchange: a CA file that changed since it was read is read again."""
+        if self.ca_file is None:
+            return
+        try:
+            unchanged = _file_version(self.ca_file) == self._ca_version
+        except OSError:
+            unchanged = False  # _client() names what is wrong with it
+        if unchanged:
+            return
+        try:
+            client = self._client()
+        except ValueError as error:
+            raise ExchangeError("invalid_request", f"CA file {error}") from None
+        self.client.close()
+        self.client = client
 
     def exchange(self, subject: SubjectToken, request: ExchangeRequest) -> IssuedCredential:
+        self._follow_ca_file()
         sent_at = time.time()
         try:
             response = self.client.post(self.url, data=request.form(subject), headers={"Accept": "application/json"})
         except httpx.TransportError as error:
-            what = f"{self.url} did not answer{self._through} ({type(error).__name__})"
-            raise ExchangeError("temporarily_unavailable", what, temporary=True) from None
+            tls = _ssl_error(error)
+            if isinstance(tls, ssl.SSLCertVerificationError):
+                # Not worth retrying as it is: the CA file or chit's certificate must change first.
+                trusted = f"the CA certificates in {self.ca_file}" if self.ca_file else "the public CAs (set --ca-file or $CHIT_CA_FILE)"
+                raise ExchangeError("invalid_request", f"{self.url}: chit's TLS certificate is not trusted: {tls.verify_message}; checked against {trusted}") from None
+            if tls is not None:
+                raise ExchangeError("temporarily_unavailable", f"{self.url}: the TLS handshake failed ({tls.reason or type(tls).__name__})", temporary=True) from None
+            raise ExchangeError("temporarily_unavailable", f"{self.url} did not answer{self._through} ({type(error).__name__})", temporary=True) from None
         if response.status_code != 200:
             raise _refusal(response, self.url)
         try:

@@ -16,6 +16,7 @@ from server.config import CONFIG_ENV, RESOLVED_CONFIG_ENV, Config, ConfigError, 
 
 if TYPE_CHECKING:
     from server.state import StateStore
+    from server.tls import ReloadingCertificate
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -50,6 +51,9 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
     listen = config.listen.model_copy(
         update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     )
+    refusal = listen.clear_text_refusal()
+    if refusal:
+        fail(f"{args.config or environ.get(CONFIG_ENV) or 'chit serve --dev'}: {refusal}")
     return config.model_copy(update={"listen": listen})
 
 
@@ -94,17 +98,26 @@ def start_server(config: Config, args: argparse.Namespace) -> None:
     from server.errors import OAuthError
     from server.keys import SigningKeyError
     from server.policy.bundle import PolicyLoadError
+    from server.tls import CertificateError, ReloadingCertificate
 
+    tls = config.listen.tls
     try:
         # Fail here, once, with a readable message, rather than in every worker.
         exchange = build_exchange(config)
-    except (PolicyLoadError, SigningKeyError, ValueError, OSError, OAuthError) as error:
+        certificate = None if tls is None else ReloadingCertificate(tls)
+    except (PolicyLoadError, SigningKeyError, ValueError, OSError, OAuthError, CertificateError) as error:
         fail(str(error))
     exchange.audit.close()
     os.environ[RESOLVED_CONFIG_ENV] = config.model_dump_json()
-    base_url = f"http://{config.listen.host}:{config.listen.port}"
+    base_url = f"{'http' if tls is None else 'https'}://{config.listen.host}:{config.listen.port}"
     mode = "dev mode" if config.dev else "production mode"
     print(f"chit {mode}: listening on {base_url} ({args.workers} worker(s)); issuer {config.issuer}", file=sys.stderr)
+    if config.listen.plain_http:
+        print(
+            f"chit: WARNING: listen.plain_http is true: plain HTTP on {config.listen.host}:{config.listen.port}, "
+            "subject tokens and issued tokens cross the network in clear unless something else encrypts them",
+            file=sys.stderr,
+        )
     if config.dev:
         state = f" --state-dir {args.state_dir}" if args.state_dir != ".chit" else ""
         print(
@@ -115,11 +128,12 @@ def start_server(config: Config, args: argparse.Namespace) -> None:
             file=sys.stderr,
             flush=True,
         )
-    run_uvicorn("server.app:app_from_environment", config.listen.host, config.listen.port, args.workers)
+    run_uvicorn("server.app:app_from_environment", config.listen.host, config.listen.port, args.workers, certificate)
 
 
-def run_uvicorn(factory: str, host: str, port: int, workers: int) -> None:
-    """Serve an app factory with chit's HTTP settings (also used by the benchmarks' floors)."""
+def run_uvicorn(factory: str, host: str, port: int, workers: int, certificate: ReloadingCertificate | None = None) -> None:
+    """Serve an app factory with chit's HTTP settings (also used by the benchmarks' floors);
+    over HTTPS with `certificate` (each worker process loads its own from the same files)."""
     from server.http import MAX_CONNECTIONS_PER_WORKER, LimitedHttpToolsProtocol
     from server.workers import Supervisor, serve
 
@@ -139,9 +153,9 @@ def run_uvicorn(factory: str, host: str, port: int, workers: int) -> None:
         log_config=_log_config(),
     )
     if workers <= 1:
-        serve(settings)
+        serve(settings, certificate=certificate)
         return
-    raise SystemExit(Supervisor(settings, host, port, workers).run())
+    raise SystemExit(Supervisor(settings, host, port, workers, None if certificate is None else certificate.files).run())
 
 
 def _has_uvloop() -> bool:
@@ -300,6 +314,9 @@ def cmd_config_check(args: argparse.Namespace) -> None:
     from server.policy.bundle import PolicyLoadError
 
     config = config_from_args(args)
+    refusal = config.listen.clear_text_refusal()
+    if refusal:
+        fail(f"{args.config or os.environ.get(CONFIG_ENV)}: {refusal}", 1)
     try:
         build_engine(config)
     except PolicyLoadError as error:

@@ -59,9 +59,37 @@ PositiveInt = Annotated[int, Field(gt=0)]
 FilePath = Annotated[Path, Field(strict=False)]
 
 
+class ListenTls(_Section):
+    """chit's own HTTPS certificate: PEM files, re-read when they change (server/tls.py)."""
+
+    cert_file: FilePath  # the certificate, then any intermediates
+    key_file: FilePath  # its private key, unencrypted
+
+
 class Listen(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8400
+    tls: ListenTls | None = None
+    # Plain HTTP on an address other than loopback: subject tokens and issued
+    # tokens then cross the network in clear, so `chit serve` wants it said.
+    plain_http: bool = False
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> Listen:
+        if self.tls is not None and self.plain_http:
+            raise ValueError("set either tls (HTTPS) or plain_http: true, not both")
+        return self
+
+    def clear_text_refusal(self) -> str | None:
+        """Why `chit serve` must not listen like this, if it must not: tokens in clear
+        beyond this machine, without the operator having said so."""
+        if self.tls is not None or self.plain_http or is_loopback_host(self.host):
+            return None
+        return (
+            f"listen.host {self.host} is not a loopback address and listen.tls is not set: subject tokens and "
+            "issued tokens would cross the network in clear. Set listen.tls.cert_file and listen.tls.key_file "
+            "to serve HTTPS, or listen.plain_http: true if something else encrypts the traffic (the start is then logged as a warning)"
+        )
 
 
 class Signing(_Section):
@@ -333,6 +361,13 @@ class Config(_Section):
         return value
 
     @model_validator(mode="after")
+    def _https_issuer(self) -> Config:
+        # Discovery would otherwise name http:// endpoints that chit does not serve.
+        if self.listen.tls is not None and not self.issuer.startswith("https://"):
+            raise ValueError("issuer must be an https:// URL when listen.tls is set (chit serves HTTPS)")
+        return self
+
+    @model_validator(mode="after")
     def _not_our_own_issuer(self) -> Config:
         # chit never accepts its own tokens as evidence (DESIGN.md, issue #2 point 5).
         for cluster in self.attestors.kubernetes.clusters:
@@ -374,12 +409,16 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         )
         for c in kubernetes.clusters
     ]
+    tls = config.listen.tls
+    if tls is not None:
+        tls = tls.model_copy(update={"cert_file": resolve(tls.cert_file), "key_file": resolve(tls.key_file)})
     aws_iid = config.attestors.aws_iid
     audit_sink = config.audit.sink
     if audit_sink != "stdout" and not Path(audit_sink).is_absolute():
         audit_sink = str(base / audit_sink)
     return config.model_copy(
         update={
+            "listen": config.listen.model_copy(update={"tls": tls}),
             "signing": config.signing.model_copy(update={"keys_dir": resolve(config.signing.keys_dir)}),
             "policy": config.policy.model_copy(update={"dir": resolve(config.policy.dir)}),
             "attestors": config.attestors.model_copy(

@@ -9,6 +9,12 @@
   connections a worker holds at all).
 
 Body size (64 KB, 413) is checked where the body is read, in `server.app`.
+
+Over TLS, closing a connection sends a close_notify alert and asyncio then waits
+up to 30 s for the client's: a client that does not answer (an idle agent's
+pooled connection closed at the keep-alive timeout, a slow client disconnected
+by the limits above) would hold its connection, and its place under
+`limit_concurrency`, that long. chit waits `TLS_CLOSE_GRACE_SECONDS`, then drops it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ MAX_HEADER_BYTES = 16 * 1024
 REQUEST_IDLE_SECONDS = 10.0
 REQUEST_DEADLINE_SECONDS = 20.0  # 64 KB of body and 16 KB of headers: at least 4 KB/s
 MAX_CONNECTIONS_PER_WORKER = 1000  # beyond it uvicorn answers 503 at once
+TLS_CLOSE_GRACE_SECONDS = 1.0  # a response written before the close is in the kernel's buffers by then
 
 _431 = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
@@ -35,10 +42,34 @@ class HeaderBlockTooLarge(Exception):
     pass
 
 
+class BoundedTlsClose:
+    """A TLS transport whose close() waits at most TLS_CLOSE_GRACE_SECONDS for the client."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self._transport = transport
+        self._loop = loop
+        self._abort: asyncio.TimerHandle | None = None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._transport.close()
+        if self._abort is None:
+            self._abort = self._loop.call_later(TLS_CLOSE_GRACE_SECONDS, self._transport.abort)
+
+    def closed(self) -> None:
+        if self._abort is not None:
+            self._abort.cancel()
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header-size cap and a request idle timeout."""
+    """uvicorn's httptools protocol with a header-size cap, a request idle timeout and
+    a bounded TLS close."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if transport.get_extra_info("sslcontext") is not None:
+            transport = BoundedTlsClose(transport, self.loop)  # type: ignore[assignment]
         super().connection_made(transport)
         self._header_bytes = 0
         self._too_large = False
@@ -71,6 +102,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_idle_timer()
         self._disarm_deadline()
+        if isinstance(self.transport, BoundedTlsClose):
+            self.transport.closed()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

@@ -6,6 +6,9 @@ connections (agents, load balancers) one worker can end up with all of them
 while the others idle. Here every worker binds its own socket with
 SO_REUSEPORT and the kernel spreads new connections across them.
 
+Over HTTPS every worker loads the certificate into its own context and
+follows its files on its own (server/tls.py).
+
 The supervisor restarts a worker that dies (a crash in a native library must
 not take the service down) and, on SIGTERM or SIGINT, lets every worker finish
 its in-flight requests before exiting 0.
@@ -21,6 +24,9 @@ import signal
 import socket
 import time
 from typing import Any
+
+from server.config import ListenTls
+from server.tls import CertificateError, HttpsServer, ReloadingCertificate
 
 log = logging.getLogger("chit.workers")
 
@@ -42,8 +48,9 @@ def bind_reuseport(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: dict[str, Any], sockets: list[socket.socket] | None = None) -> None:
-    """Run uvicorn until SIGTERM or SIGINT, then return once in-flight requests are done.
+def serve(settings: dict[str, Any], sockets: list[socket.socket] | None = None, certificate: ReloadingCertificate | None = None) -> None:
+    """Run uvicorn until SIGTERM or SIGINT, then return once in-flight requests are done;
+    over HTTPS with `certificate`.
 
     uvicorn re-raises the signal after its graceful shutdown, which would end the
     process as killed by it; a stop that drained cleanly exits 0 instead."""
@@ -51,31 +58,40 @@ def serve(settings: dict[str, Any], sockets: list[socket.socket] | None = None) 
 
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda *_: None)  # what uvicorn restores and re-raises into
-    uvicorn.Server(uvicorn.Config(**settings)).run(sockets=sockets)
+    config = uvicorn.Config(**settings)
+    server = uvicorn.Server(config) if certificate is None else HttpsServer(config, certificate)
+    server.run(sockets=sockets)
 
 
-def _worker(settings: dict[str, Any], host: str, port: int, report: multiprocessing.connection.Connection) -> None:
-    """One worker process: bind, report, serve until told to stop."""
+def _worker(
+    settings: dict[str, Any], host: str, port: int, tls: ListenTls | None, report: multiprocessing.connection.Connection
+) -> None:
+    """One worker process: bind, load its own certificate, report, serve until told to stop."""
     try:
         sock = bind_reuseport(host, port)
     except OSError as error:
         report.send(f"cannot listen on {host}:{port}: {error.strerror}")
         raise SystemExit(3) from None
+    try:
+        certificate = None if tls is None else ReloadingCertificate(tls)
+    except CertificateError as error:
+        report.send(str(error))
+        raise SystemExit(3) from None
     report.send("bound")
     report.close()
-    serve(settings, [sock])
+    serve(settings, [sock], certificate)
 
 
 class Supervisor:
-    def __init__(self, settings: dict[str, Any], host: str, port: int, workers: int):
-        self.settings, self.host, self.port, self.count = settings, host, port, workers
+    def __init__(self, settings: dict[str, Any], host: str, port: int, workers: int, tls: ListenTls | None = None):
+        self.settings, self.host, self.port, self.count, self.tls = settings, host, port, workers, tls
         self.context = multiprocessing.get_context("spawn")
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.stopping = False
 
     def _start(self) -> tuple[multiprocessing.process.BaseProcess, multiprocessing.connection.Connection]:
         receiver, sender = self.context.Pipe(duplex=False)
-        process = self.context.Process(target=_worker, args=(self.settings, self.host, self.port, sender), daemon=False)
+        process = self.context.Process(target=_worker, args=(self.settings, self.host, self.port, self.tls, sender), daemon=False)
         process.start()
         sender.close()
         return process, receiver

@@ -23,6 +23,7 @@ from tests.factories import (
     MotoServer,
     RedisServer,
     RegionCertificate,
+    TestCertificateAuthority,
     closed_port_url,
     copy_policy,
     write_certificates,
@@ -107,6 +108,23 @@ def chit(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, pr
             "attestors": {"kubernetes": {"clusters": cluster_config(documents, staging_jwks)}},
         },
     ).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> TestCertificateAuthority:
+    """The private CA of chit's TLS certificate (cert-manager's CA issuer in deploy/)."""
+    return TestCertificateAuthority()
+
+
+@pytest.fixture(scope="session")
+def tls_chit(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, prod_issuer: ClusterIssuer, tls_ca: TestCertificateAuthority) -> Iterator[ChitServer]:
+    """`chit` over HTTPS, with a certificate `tls_ca` issued for 127.0.0.1 (prod cluster only)."""
+    directory = tmp_path_factory.mktemp("tls-chit")
+    clusters = cluster_config(documents, Path("/nonexistent"))[:1]
+    config = {"policy": {"dir": str(copy_policy(directory / "policies", TEST_BINDINGS))}, "attestors": {"kubernetes": {"clusters": clusters}}}
+    server = ChitServer(directory, config, tls=tls_ca).start()
     yield server
     server.stop()
 

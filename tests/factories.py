@@ -743,30 +743,151 @@ class GcpMetadataStandIn(MetadataStandIn):
         return 200, headers, self.signer.token(token_format, aud=audience).encode()
 
 
+# --- chit's TLS certificate ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerCertificate:
+    certificate_pem: bytes
+    key_pem: bytes
+    serial: int
+
+
+class TestCertificateAuthority:
+    """A private CA, as cert-manager's CA issuer would be: it issues chit's server
+    certificates (ECDSA P-256) and is what clients verify them against."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, name: str = "chit test CA"):
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.certificate = (
+            x509.CertificateBuilder()
+            .subject_name(self.name)
+            .issuer_name(self.name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                    key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        self.pem = self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def write(self, path: Path) -> Path:
+        path.write_bytes(self.pem)
+        return path
+
+    def issue(self, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> ServerCertificate:
+        """A server certificate for `hosts` (IP addresses or DNS names), with its key."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        names: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        now = datetime.datetime.now(datetime.timezone.utc)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+            .issuer_name(self.name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        return ServerCertificate(certificate.public_bytes(serialization.Encoding.PEM), key_pem, certificate.serial_number)
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cadata=self.pem.decode())
+
+
+class SecretVolume:
+    """A directory as the kubelet mounts a Secret (cert-manager's `tls.crt`, `tls.key`):
+    each file a symbolic link through `..data` to a timestamped directory, all of them
+    replaced at once by renaming a new `..data` link over the old one."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def write(self, files: dict[str, bytes]) -> None:
+        version = self.directory / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{uuid.uuid4().hex[:8]}"
+        version.mkdir()
+        for name, content in files.items():
+            (version / name).write_bytes(content)
+            link = self.directory / name
+            if not link.is_symlink():
+                link.symlink_to(Path("..data") / name)
+        staged = self.directory / "..data_tmp"
+        staged.symlink_to(version.name)
+        os.replace(staged, self.directory / "..data")
+
+    def write_certificate(self, certificate: ServerCertificate, key_pem: bytes | None = None) -> None:
+        self.write({"tls.crt": certificate.certificate_pem, "tls.key": certificate.key_pem if key_pem is None else key_pem})
+
+
+def served_serial(connection: ssl.SSLSocket) -> int:
+    """The serial of the certificate this connection was served."""
+    return x509.load_der_x509_certificate(connection.getpeercert(binary_form=True)).serial_number
+
+
+def peer_certificate_serial(port: int, context: ssl.SSLContext, host: str = "127.0.0.1") -> int:
+    """The serial of the certificate a new TLS connection to `host:port` is served."""
+    with socket.create_connection((host, port), timeout=5) as raw, context.wrap_socket(raw, server_hostname=host) as connection:
+        return served_serial(connection)
+
+
 # --- a real chit server ------------------------------------------------------------
 
 
 class ChitServer:
-    """`chit serve` in a subprocess, configured from a dict, on a free port."""
+    """`chit serve` in a subprocess, configured from a dict, on a free port; over HTTPS
+    with `tls`, a certificate that CA issues for 127.0.0.1 in a Secret-like volume
+    (`tls_volume`), which `listen.tls` names relative to the config file. `listen`
+    keys in `config` are added to the host and port it chooses."""
 
-    def __init__(self, directory: Path, config: dict[str, Any], *, workers: int = 1, env: dict[str, str] | None = None):
+    def __init__(self, directory: Path, config: dict[str, Any], *, workers: int = 1, env: dict[str, str] | None = None,
+                 tls: TestCertificateAuthority | None = None):
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        listen: dict[str, Any] = {"host": "127.0.0.1", "port": self.port}
+        self.tls_volume: SecretVolume | None = None
+        self.certificate: ServerCertificate | None = None
+        if tls is not None:
+            self.tls_volume = SecretVolume(directory / "tls")
+            self.certificate = tls.issue()
+            self.tls_volume.write_certificate(self.certificate)
+            listen["tls"] = {"cert_file": "tls/tls.crt", "key_file": "tls/tls.key"}
         self.config = {
             "issuer": self.url,
-            "listen": {"host": "127.0.0.1", "port": self.port},
             "signing": {"keys_dir": "keys"},
             "audit": {"sink": "audit.log"},
             **config,
+            "listen": {**listen, **config.get("listen", {})},
         }
         self.config_path = directory / "chit.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config))
         self.workers = workers
         self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
-        self.client = httpx.Client(base_url=self.url, timeout=10)
+        self.client = httpx.Client(base_url=self.url, timeout=10, verify=tls.client_context() if tls else True)
 
     def start(self, timeout: float = 30, ready_path: str = "/readyz") -> ChitServer:
         log = open(self.directory / "server.log", "ab")
@@ -859,8 +980,8 @@ class ChitServer:
 
 
 # The variables `chit exchange` / `chit agent` read defaults from: tests pass them explicitly.
-CLIENT_ENV_VARIABLES = ("CHIT_URL", "CHIT_SUBJECT_TOKEN_FILE", "CHIT_PROXY", "KUBERNETES_SERVICE_HOST", "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-                        "GCE_METADATA_HOST", "SSL_CERT_FILE", "SSL_CERT_DIR")
+CLIENT_ENV_VARIABLES = ("CHIT_URL", "CHIT_CA_FILE", "CHIT_SUBJECT_TOKEN_FILE", "CHIT_PROXY", "KUBERNETES_SERVICE_HOST",
+                        "AWS_EC2_METADATA_SERVICE_ENDPOINT", "GCE_METADATA_HOST", "SSL_CERT_FILE", "SSL_CERT_DIR")
 # What clusters inject for a proxy, in the spellings urllib and httpx read; NO_PROXY emptied.
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 

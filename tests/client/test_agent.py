@@ -28,6 +28,7 @@ from tests.factories import (
     DocumentServer,
     HangingServer,
     HttpRelay,
+    TestCertificateAuthority,
     closed_port_url,
     copy_policy,
     proxy_env,
@@ -175,6 +176,26 @@ def test_files_stay_fresh_across_lifetimes_and_an_outage(short_lived_chit: ChitS
         for part in token.split(".")[1:]:
             assert part not in log
     assert agent.stdout.read_text() == ""
+
+
+def test_the_agent_follows_its_ca_file(tls_chit: ChitServer, tls_ca: TestCertificateAuthority, prod_issuer: ClusterIssuer, tmp_path: Path) -> None:
+    """A CA bundle mounted from a ConfigMap changes under a running agent (a CA rotation):
+    the agent reads it again, no restart."""
+    (tmp_path / "token").write_text(prod_issuer.token())
+    ca_file = TestCertificateAuthority("not chit's CA").write(tmp_path / "ca.crt")
+    out = tmp_path / "run" / "db.token"
+    agent = AgentProcess(tmp_path, "--server", tls_chit.url, "--ca-file", str(ca_file), "--subject-token-file", str(tmp_path / "token"),
+                         "--audience", DB, "--file", str(out))
+    try:
+        agent.wait_for_log("chit's TLS certificate is not trusted")
+        assert not out.exists()
+        tls_ca.write(ca_file)
+        wait_until(out.exists, 40, "a credential once the CA file holds chit's CA", agent)
+        token_checker(tls_chit, DB)(out.read_text())
+        assert agent.terminate() == 0
+    finally:
+        agent.kill()
+    assert "Traceback" not in agent.log()
 
 
 def test_without_chit_nothing_is_written_and_a_stale_file_goes(prod_issuer: ClusterIssuer, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from tests.factories import (
     HangingServer,
     HttpRelay,
     ImdsStandIn,
+    TestCertificateAuthority,
     chit_command,
     client_env,
     closed_port_url,
@@ -157,7 +158,7 @@ def test_ssl_cert_file_and_dir_still_name_the_cas_of_chits_certificate(chit: Chi
         }
     finally:
         front.stop()
-    assert untrusted.returncode == 75 and "did not answer (ConnectError)" in untrusted.stderr
+    assert untrusted.returncode == 1 and "TLS certificate is not trusted" in untrusted.stderr
     for source, result in trusted.items():
         assert result.returncode == 0, (source, result.stderr)
         chit.verify_issued(result.stdout.strip(), DB)
@@ -221,6 +222,9 @@ def test_auto_without_any_platform_lists_every_place_it_looked(chit: ChitServer,
         (["--kubernetes", "--aws"], "not allowed with argument"),
         (["--timeout", "0"], "is not a number of seconds"),
         (["--proxy", "socks5://user:secret@127.0.0.1:1080"], "not a proxy URL"),
+        (["--server", "http://chit.chit.svc.cluster.local"], "would cross the network in clear"),
+        (["--ca-file", "/nonexistent/ca.crt"], "--ca-file (or $CHIT_CA_FILE) /nonexistent/ca.crt: No such file or directory"),
+        (["--ca-file", "/dev/null"], "--ca-file (or $CHIT_CA_FILE) /dev/null: no PEM CA certificate in it"),
     ],
 )
 def test_usage_errors_exit_2(chit: ChitServer, args: list[str], message: str) -> None:
@@ -231,6 +235,32 @@ def test_usage_errors_exit_2(chit: ChitServer, args: list[str], message: str) ->
 def test_without_a_server_url_nothing_is_collected(tmp_path: Path) -> None:
     result = run_chit("exchange", "--subject-token-file", str(tmp_path / "token"))
     assert result.returncode == 2 and "--server URL is required (or set $CHIT_URL)" in result.stderr
+
+
+# --- HTTPS --------------------------------------------------------------------------------------------
+
+
+def test_https_with_chits_ca_from_the_option_or_the_environment(tls_chit: ChitServer, tls_ca: TestCertificateAuthority, prod_issuer: ClusterIssuer, tmp_path: Path) -> None:
+    ca_file = tls_ca.write(tmp_path / "ca.crt")
+    path = str(token_file(tmp_path, prod_issuer.token()))
+    for args, env in ((["--ca-file", str(ca_file)], None), ([], {"CHIT_CA_FILE": str(ca_file)})):
+        result = exchange(tls_chit, "--subject-token-file", path, "--audience", DB, *args, env=env)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        _, claims = tls_chit.verify_issued(result.stdout.strip(), DB)
+        assert claims["iss"] == tls_chit.url
+
+
+@pytest.mark.parametrize("trusted", ["the public CAs", "another CA"])
+def test_an_untrusted_certificate_is_a_clear_error_not_worth_retrying(tls_chit: ChitServer, prod_issuer: ClusterIssuer, tmp_path: Path, trusted: str) -> None:
+    args = ["--subject-token-file", str(token_file(tmp_path, prod_issuer.token()))]
+    if trusted == "another CA":
+        args += ["--ca-file", str(TestCertificateAuthority("another CA").write(tmp_path / "other-ca.crt"))]
+    result = exchange(tls_chit, *args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    error = refusal(result)
+    assert error["error"] == "invalid_request"
+    assert error["description"].startswith(f"{tls_chit.url}/token: chit's TLS certificate is not trusted: unable to get local issuer certificate; checked against ")
+    assert ("--ca-file or $CHIT_CA_FILE" in error["description"]) == (trusted == "the public CAs")
 
 
 # --- AWS and GCP ------------------------------------------------------------------------------------

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 from dockerfile_parse import DockerfileParser
 
-from tests.factories import ROOT
+from tests.factories import ROOT, ChitServer, free_port
 
 
 @pytest.fixture(scope="module")
@@ -61,17 +63,30 @@ def test_runs_as_a_numeric_non_root_user(stages) -> None:
 
 def test_writes_only_to_declared_volumes(stages) -> None:
     volumes = json.loads(values(stages[-1], "VOLUME")[0])
-    assert {"/tmp", "/var/lib/chit/keys", "/etc/chit"} <= set(volumes)
+    assert {"/tmp", "/var/lib/chit/keys", "/etc/chit", "/etc/chit-tls"} <= set(volumes)
     env = " ".join(values(stages[-1], "ENV"))
     assert "PYTHONDONTWRITEBYTECODE=1" in env  # no .pyc written next to the code
 
 
 def test_healthcheck_and_entrypoint(stages) -> None:
     final = stages[-1]
-    assert "/healthz" in values(final, "HEALTHCHECK")[0]
+    assert "https://127.0.0.1:8443/healthz" in values(final, "HEALTHCHECK")[0]
     assert json.loads(values(final, "ENTRYPOINT")[0]) == ["chit", "serve"]
     assert json.loads(values(final, "CMD")[0]) == ["--config", "/etc/chit/chit.yaml"]
-    assert values(final, "EXPOSE") == ["8400"]
+    assert values(final, "EXPOSE") == ["8443"]
+
+
+def test_healthcheck_passes_against_chit_over_https_and_fails_without_it(stages, tls_chit: ChitServer) -> None:
+    healthcheck = values(stages[-1], "HEALTHCHECK")[0]
+    command = json.loads(healthcheck[healthcheck.index("CMD") + 3:])
+    assert command[0] == "python"
+
+    def run(port: int) -> int:
+        probe = [sys.executable, *[part.replace("127.0.0.1:8443", f"127.0.0.1:{port}") for part in command[1:]]]
+        return subprocess.run(probe, capture_output=True, timeout=30).returncode
+
+    assert run(tls_chit.port) == 0
+    assert run(free_port()) != 0
 
 
 def test_build_context_leaves_out_local_state() -> None:

@@ -22,6 +22,8 @@ from tests.factories import ROOT
 
 KUBERNETES_VERSION = "1.33.0"  # the schema every rendered object is validated against
 DEPLOY = ROOT / "deploy"
+CERT_MANAGER = "cert-manager.io/v1"
+SERVICE_NAMES = ["chit.chit.svc.cluster.local", "chit.chit.svc", "chit.chit"]
 
 
 def render(overlay: str) -> list[dict[str, Any]]:
@@ -70,9 +72,10 @@ def test_every_rendered_object_validates_against_the_kubernetes_schema(overlay) 
     name, objects = overlay
     kinds = {o["kind"] for o in objects}
     assert {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service",
-            "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"} <= kinds
+            "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy", "Certificate", "Issuer"} <= kinds
     for document in objects:
-        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        if document["apiVersion"] != CERT_MANAGER:  # a CRD: no schema here, checked object by object below
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
 
 
 def test_agent_example_validates() -> None:
@@ -97,10 +100,14 @@ def test_agent_examples_sidecar_is_chit_agent_as_its_command_line_reads_it(monke
     for variable in sidecar["env"]:
         monkeypatch.setenv(variable["name"], variable["value"])
     args = build_parser().parse_args(["agent", *sidecar["args"]])
-    assert args.platform == "kubernetes" and args.server == "http://chit.chit.svc.cluster.local"
+    assert args.platform == "kubernetes" and args.server == "https://chit.chit.svc.cluster.local"
 
     mounts = {m["mountPath"]: m for m in sidecar["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
+    # chit's certificate is verified against chit's CA, from a ConfigMap the sidecar mounts.
+    ca_mount = mounts[str(args.ca_file.parent)]
+    assert ca_mount["readOnly"] is True
+    assert volumes[ca_mount["name"]]["configMap"] == {"name": "chit-ca", "items": [{"key": "ca.crt", "path": args.ca_file.name}]}
     # The subject token is the projected token with chit's audience.
     token_mount = mounts[str(args.subject_token_file.parent)]
     (source,) = volumes[token_mount["name"]]["projected"]["sources"]
@@ -126,7 +133,9 @@ def test_everything_namespaced_lives_in_the_chit_namespace(overlay) -> None:
 def test_chit_accepts_the_config_in_the_configmap(overlay, tmp_path: Path) -> None:
     name, objects = overlay
     config = chit_config(objects, tmp_path)
-    assert config.listen.host == "0.0.0.0" and config.listen.port == 8400
+    assert config.listen.host == "0.0.0.0" and config.listen.port == 8443
+    assert config.listen.clear_text_refusal() is None and not config.listen.plain_http
+    assert config.issuer.startswith("https://")
     assert config.signing.keys_dir == Path("/var/lib/chit/keys")
     if name == "prod":
         assert config.policy.engine == "opa" and config.state.backend == "redis"
@@ -170,12 +179,38 @@ def test_containers_run_non_root_read_only_without_privileges(overlay) -> None:
         assert not item["image"].endswith(":latest") and ":" in item["image"]
 
 
-def test_probes_use_healthz_and_readyz(overlay) -> None:
+def test_probes_use_healthz_and_readyz_over_https(overlay) -> None:
     _, objects = overlay
     chit = container(one(objects, "Deployment"), "chit")
     assert chit["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert chit["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert chit["ports"] == [{"name": "http", "containerPort": 8400, "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert chit[probe]["httpGet"]["scheme"] == "HTTPS" and chit[probe]["httpGet"]["port"] == "https"
+    assert chit["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
+
+
+def test_chit_serves_the_certificate_cert_manager_keeps_in_the_mounted_secret(overlay, tmp_path: Path) -> None:
+    _, objects = overlay
+    deployment = one(objects, "Deployment")
+    tls = chit_config(objects, tmp_path).listen.tls
+    assert tls is not None and tls.cert_file.name == "tls.crt" and tls.key_file.name == "tls.key"
+    mounts = {m["mountPath"]: m for m in container(deployment, "chit")["volumeMounts"]}
+    mount = mounts[str(tls.cert_file.parent)]
+    assert tls.key_file.parent == tls.cert_file.parent and mount["readOnly"] is True
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    secret = volumes[mount["name"]]["secret"]
+    assert secret["defaultMode"] == 0o440  # chit's user (fsGroup) reads it, nobody else
+    certificate = one(objects, "Certificate", "chit-tls")
+    assert certificate["apiVersion"] == CERT_MANAGER and certificate["metadata"]["namespace"] == "chit"
+    spec = certificate["spec"]
+    assert spec["secretName"] == secret["secretName"]
+    assert set(SERVICE_NAMES) <= set(spec["dnsNames"])  # the names agents reach the Service by
+    assert "server auth" in spec["usages"] and spec["privateKey"]["rotationPolicy"] == "Always"
+    # The issuer chain renders too: chit-tls from the CA issuer, the CA from the self-signed one.
+    issuers = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "Issuer"}
+    assert issuers[spec["issuerRef"]["name"]] == {"ca": {"secretName": "chit-ca"}}
+    ca = one(objects, "Certificate", "chit-ca")["spec"]
+    assert ca["isCA"] is True and ca["secretName"] == "chit-ca" and issuers[ca["issuerRef"]["name"]] == {"selfSigned": {}}
 
 
 def test_rbac_grants_tokenreviews_create_and_pods_get_only(overlay) -> None:
@@ -192,7 +227,8 @@ def test_network_policy_admits_the_token_port_only(overlay) -> None:
     _, objects = overlay
     policy = one(objects, "NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
-    assert [port for rule in policy["ingress"] for port in rule["ports"]] == [{"protocol": "TCP", "port": 8400}]
+    chit = container(one(objects, "Deployment"), "chit")
+    assert [port for rule in policy["ingress"] for port in rule["ports"]] == [{"protocol": "TCP", "port": chit["ports"][0]["containerPort"]}]
     egress_ports = {(p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"]}
     assert {("UDP", 53), ("TCP", 53), ("TCP", 6379), ("TCP", 443)} <= egress_ports
 
@@ -200,7 +236,7 @@ def test_network_policy_admits_the_token_port_only(overlay) -> None:
 def test_service_routes_to_the_token_port(overlay) -> None:
     _, objects = overlay
     service = one(objects, "Service")["spec"]
-    assert service["ports"][0]["targetPort"] == "http"
+    assert service["ports"] == [{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}]
     assert service["selector"] == one(objects, "Deployment")["spec"]["selector"]["matchLabels"]
 
 
@@ -246,4 +282,8 @@ def test_dev_is_one_replica_with_the_embedded_engine(dev, tmp_path: Path) -> Non
     assert "emptyDir" in volumes["signing-keys"] and "secret" not in volumes["signing-keys"]
     hpa = one(dev, "HorizontalPodAutoscaler")["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 1)
+    # Reached through `kubectl port-forward`: the issuer is the forwarded address, which the certificate names.
+    assert config.issuer == "https://127.0.0.1:8443"
+    certificate = one(dev, "Certificate", "chit-tls")["spec"]
+    assert certificate["ipAddresses"] == ["127.0.0.1"] and set(SERVICE_NAMES) <= set(certificate["dnsNames"])
     assert "minAvailable" not in one(dev, "PodDisruptionBudget")["spec"]

@@ -79,11 +79,19 @@ def test_minimal_config_has_the_documented_defaults(tmp_path: Path) -> None:
         (MINIMAL + "attestors: {gcp: {compute_timeout_ms: 0}}\n", "attestors.gcp.compute_timeout_ms"),
         (MINIMAL + "attestors: {gcp: {verify_instance: true, require_full_format: false}}\n",
          "attestors.gcp: verify_instance: true needs require_full_format: true"),
+        (MINIMAL + "listen: {tls: {cert_file: tls.crt}}\n", "listen.tls.key_file: Field required"),
+        (MINIMAL + "listen: {tls: {cert_file: tls.crt, key_file: tls.key, ca_file: ca.crt}}\n", "listen.tls.ca_file: unknown key"),
+        (MINIMAL + "listen: {tls: {cert_file: tls.crt, key_file: tls.key}, plain_http: true}\n",
+         "listen: set either tls (HTTPS) or plain_http: true, not both"),
+        (MINIMAL + "listen: {plain_http: 'yes'}\n", "listen.plain_http"),
+        ("issuer: http://127.0.0.1:8400\nlisten: {tls: {cert_file: tls.crt, key_file: tls.key}}\n",
+         "issuer must be an https:// URL when listen.tls is set"),
     ],
     ids=["typo", "unknown-top", "ttl-over-900", "ttl-string", "hs256", "engine", "no-issuer", "http-issuer", "issuer-query",
          "trust-domain", "jwks-http", "no-key-source", "no-audience", "cluster-name", "duplicate-cluster", "own-issuer", "redis-url", "dev-key",
          "gcp-certs-http", "gcp-empty-audience", "gcp-empty-allowlist", "gcp-bad-project", "gcp-compute-http",
-         "gcp-compute-path", "gcp-compute-timeout", "gcp-verify-standard-format"],
+         "gcp-compute-path", "gcp-compute-timeout", "gcp-verify-standard-format",
+         "tls-without-key", "tls-unknown-key", "tls-and-plain-http", "plain-http-string", "tls-http-issuer"],
 )
 def test_invalid_config_names_the_key_and_the_file(tmp_path: Path, text: str, key: str) -> None:
     path = write(tmp_path, text)
@@ -91,6 +99,15 @@ def test_invalid_config_names_the_key_and_the_file(tmp_path: Path, text: str, ke
         load_config(path)
     assert str(path) in str(error.value)
     assert key in str(error.value), str(error.value)
+
+
+def test_listen_tls_files_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL + "listen: {host: 0.0.0.0, port: 8443, tls: {cert_file: tls/tls.crt, key_file: /etc/chit-tls/tls.key}}\n"))
+    assert config.listen.tls is not None and not config.listen.plain_http
+    assert config.listen.tls.cert_file == tmp_path / "tls/tls.crt"
+    assert config.listen.tls.key_file == Path("/etc/chit-tls/tls.key")
+    assert config.listen.clear_text_refusal() is None
+    assert load_config(write(tmp_path, MINIMAL)).listen.tls is None  # loopback: plain HTTP by default
 
 
 def test_gcp_verify_instance_is_accepted(tmp_path: Path) -> None:
