@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import math
 import os
 import re
@@ -88,6 +89,14 @@ def is_faithful(text: str) -> bool:
     return _UNFAITHFUL.search(text) is None
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def _member(where: str, key: str) -> str:
+    """`input.tags.team`, or `input.tags["a b"]` for a key that is not a plain name (as JSON, ASCII)."""
+    return f"{where}.{key}" if _PLAIN_KEY.fullmatch(key) else f"{where}[{json.dumps(key)}]"
+
+
 def find_unfaithful(value: Any, where: str = "input") -> UnfaithfulString | None:
     """The first unfaithful string (key or value) in `value`, with its path; None if there is none."""
     if isinstance(value, str):
@@ -96,7 +105,7 @@ def find_unfaithful(value: Any, where: str = "input") -> UnfaithfulString | None
         for key, item in value.items():
             if isinstance(key, str) and not is_faithful(key):
                 return UnfaithfulString(f"a key of {where}", key)
-            found = find_unfaithful(item, f"{where}.{key}")
+            found = find_unfaithful(item, _member(where, str(key)))
             if found is not None:
                 return found
     elif isinstance(value, (list, tuple)):
