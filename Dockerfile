@@ -15,12 +15,10 @@ FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY server ./server
-COPY attestors ./attestors
-COPY client ./client
+COPY chit ./chit
 COPY policies ./policies
 RUN python -m venv /opt/chit \
- && /opt/chit/bin/pip install --no-cache-dir . \
+ && /opt/chit/bin/pip install --no-cache-dir '.[server]' \
  && /opt/chit/bin/pip uninstall --yes pip \
  && find /opt/chit -name '__pycache__' -prune -exec rm -rf {} +
 

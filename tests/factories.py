@@ -892,7 +892,7 @@ class ChitServer:
     def start(self, timeout: float = 30, ready_path: str = "/readyz") -> ChitServer:
         log = open(self.directory / "server.log", "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--config", str(self.config_path), "--workers", str(self.workers)],
+            [sys.executable, "-m", "chit", "serve", "--config", str(self.config_path), "--workers", str(self.workers)],
             cwd=self.directory,
             env={**os.environ, "PYTHONPATH": str(ROOT), **self.env},
             stdout=log,
@@ -992,7 +992,7 @@ def proxy_env(url: str) -> dict[str, str]:
 
 
 def chit_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "server", *args]
+    return [sys.executable, "-m", "chit", *args]
 
 
 def client_env(**variables: str) -> dict[str, str]:

@@ -35,10 +35,10 @@ from typing import Any
 
 import regopy
 
-from server.policy import PolicyEvaluationError
-from server.policy.bundle import load_policy_dir
-from server.policy.embedded import EmbeddedEngine
-from server.policy.opa import DECISION_PATH
+from chit.policy import PolicyEvaluationError
+from chit.policy.bundle import load_policy_dir
+from chit.policy.embedded import EmbeddedEngine
+from chit.policy.opa import DECISION_PATH
 
 EVALUATION_ERROR = "error(s) occurred while evaluating query"
 

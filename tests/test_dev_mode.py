@@ -17,7 +17,7 @@ def test_dev_server_exchanges_a_dev_token(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--dev", "--port", str(port)],
+        [sys.executable, "-m", "chit", "serve", "--dev", "--port", str(port)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -32,7 +32,7 @@ def test_dev_server_exchanges_a_dev_token(tmp_path: Path) -> None:
             assert server.poll() is None and time.time() < deadline, "dev server did not start"
             time.sleep(0.2)
         token = subprocess.run(
-            [sys.executable, "-m", "server", "dev", "token", "--namespace", "demo", "--service-account", "agent"],
+            [sys.executable, "-m", "chit", "dev", "token", "--namespace", "demo", "--service-account", "agent"],
             cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
         ).stdout.strip()
         response = httpx.post(
@@ -54,10 +54,10 @@ def test_dev_server_exchanges_a_dev_token(tmp_path: Path) -> None:
 
 def test_dev_token_is_not_trusted_outside_dev_mode(tmp_path: Path, chit: ChitServer) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-c", "from server.dev import prepare_dev_issuer; from pathlib import Path; prepare_dev_issuer(Path('.chit'))"],
+    subprocess.run([sys.executable, "-c", "from chit.server.dev import prepare_dev_issuer; from pathlib import Path; prepare_dev_issuer(Path('.chit'))"],
                    cwd=tmp_path, env=env, check=True)
     token = subprocess.run(
-        [sys.executable, "-m", "server", "dev", "token", "--namespace", "demo", "--service-account", "agent"],
+        [sys.executable, "-m", "chit", "dev", "token", "--namespace", "demo", "--service-account", "agent"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
     ).stdout.strip()
     assert_refused(chit.exchange(token))
@@ -65,7 +65,7 @@ def test_dev_token_is_not_trusted_outside_dev_mode(tmp_path: Path, chit: ChitSer
 
 def test_dev_token_without_a_dev_server_says_what_to_do(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "server", "dev", "token", "--namespace", "demo", "--service-account", "agent"],
+        [sys.executable, "-m", "chit", "dev", "token", "--namespace", "demo", "--service-account", "agent"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
     )
     assert result.returncode != 0 and "chit serve --dev" in result.stderr

@@ -20,20 +20,17 @@ from typing import Iterator
 import httpx
 import pytest
 
-from attestors import CollectionFailed, EvidenceUnavailable, InvalidEvidence, PlatformAbsent
-from attestors.aws_iid import (
-    SHIPPED_CERTIFICATES,
-    AwsIidCollector,
-    AwsIidVerifier,
-    InstanceBindings,
-    encode_subject_token,
-    instance_nonce,
-    parse_subject_token,
-)
-from attestors.aws_pkcs7 import verify_signed_data
-from server.aws import AwsClients
-from server.config import Aws, AwsIidAttestor
-from server.state import MemoryStore, StateStore, StateUnavailable
+from chit.attestors.base import CollectionFailed, EvidenceUnavailable, InvalidEvidence, PlatformAbsent
+from chit.attestors.aws_iid.bindings import InstanceBindings
+from chit.attestors.aws_iid.certificates import SHIPPED_CERTIFICATES
+from chit.attestors.aws_iid.collector import AwsIidCollector, instance_nonce
+from chit.attestors.aws_iid.envelope import encode_subject_token, parse_subject_token
+from chit.attestors.aws_iid.verifier import AwsIidVerifier
+from chit.attestors.aws_iid.pkcs7 import verify_signed_data
+from chit.aws import AwsClients
+from chit.attestors.aws_iid.config import AwsIidSettings
+from chit.aws import Aws
+from chit.state import MemoryStore, StateStore, StateUnavailable
 from tests.conftest import AwsRegions
 from tests.factories import (
     AWS_IID_TYPE,
@@ -62,7 +59,7 @@ def vector(n: int) -> tuple[str, str]:
 
 
 def verifier(state: StateStore | None = None, **config: object) -> AwsIidVerifier:
-    return AwsIidVerifier(AwsIidAttestor(**config), "example.org", state or MemoryStore())
+    return AwsIidVerifier(AwsIidSettings(**config), "example.org", state or MemoryStore())
 
 
 def verify(v: AwsIidVerifier, token: str):
@@ -458,7 +455,7 @@ def test_instance_facts_come_from_describe_instances(moto: MotoServer, aws_regio
         TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "team", "Value": "payments"}]}],
     )["Instances"][0]
     attestor = AwsIidVerifier(
-        AwsIidAttestor(certificates_dir=aws_regions.directory, verify_instance=True),
+        AwsIidSettings(certificates_dir=aws_regions.directory, verify_instance=True),
         "example.org",
         MemoryStore(),
         AwsClients(Aws(endpoint_url=moto.url)),

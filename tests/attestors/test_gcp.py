@@ -23,8 +23,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from attestors import TOKEN_TYPE_JWT, CollectionFailed, PlatformAbsent
-from attestors.gcp import GcpCollector
+from chit.attestors.base import CollectionFailed, PlatformAbsent
+from chit.protocol import TOKEN_TYPE_JWT
+from chit.attestors.gcp.collector import GcpCollector
 from tests.factories import (
     DROP,
     GOOGLE_ISSUER,
@@ -798,8 +799,8 @@ def test_without_application_default_credentials_chit_does_not_start(tmp_path: P
 
 
 def test_instance_facts_compare_creation_time_to_the_second() -> None:
-    from attestors import InvalidEvidence
-    from attestors.gcp import instance_facts
+    from chit.attestors.base import InvalidEvidence
+    from chit.attestors.gcp.compute import instance_facts
 
     facts = {"instance_id": "1", "instance_name": "vm", "instance_creation_timestamp": 1763700000}
     resource = {"id": "1", "name": "vm", "status": "RUNNING", "labels": {"team": "payments", "bad": 7}}
@@ -836,13 +837,13 @@ def test_instance_facts_compare_creation_time_to_the_second() -> None:
     ],
 )
 def test_freshness_follows_the_cache_headers(headers: dict, expected: float) -> None:
-    from attestors.gcp import freshness_lifetime
+    from chit.attestors.gcp.freshness import freshness_lifetime
 
     assert freshness_lifetime(httpx.Headers(headers)) == expected
 
 
 def test_only_rsa_2048_e65537_certificates_are_kept() -> None:
-    from attestors.gcp import parse_certificates
+    from chit.attestors.gcp.certificates import parse_certificates
     from tests.factories import self_signed_certificate
 
     good = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -883,8 +884,8 @@ def test_a_certificate_with_exponent_3_never_verifies_and_the_others_keep_workin
 
 def test_google_auth_is_never_called_without_an_audience(google: GoogleSigner) -> None:
     """google-auth skips the aud check when given None; chit's one call into it refuses first."""
-    from attestors import InvalidEvidence
-    from attestors.gcp import GoogleCertificate, verify_with_google_auth
+    from chit.attestors.base import InvalidEvidence
+    from chit.attestors.gcp.certificates import GoogleCertificate, verify_with_google_auth
 
     key = google.keys[google.kid]
     certificate = GoogleCertificate(google.kid, key.public_key(), "RS256", google.certificates[google.kid])

@@ -6,8 +6,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from attestors import InvalidEvidence
-from attestors.jose import algorithm_for_key, check_validity_window, parse_compact_jws, verify_signature
+from chit.attestors.base import InvalidEvidence
+from chit.attestors.jose import algorithm_for_key, check_validity_window, parse_compact_jws, verify_signature
 
 NOW = 1_800_000_000
 

@@ -16,8 +16,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from attestors import TOKEN_TYPE_JWT, CollectionFailed, PlatformAbsent
-from attestors.kubernetes import DEFAULT_TOKEN_FILE, KubernetesCollector
+from chit.attestors.base import CollectionFailed, PlatformAbsent
+from chit.protocol import TOKEN_TYPE_JWT
+from chit.attestors.kubernetes.collector import DEFAULT_TOKEN_FILE, KubernetesCollector
 from tests.factories import DROP, ChitServer, ClusterIssuer, assert_issued, assert_refused, b64url, compact
 
 
@@ -341,7 +342,7 @@ def test_a_token_minted_by_chit_is_never_evidence(chit: ChitServer, prod_issuer:
 
 def test_a_token_signed_with_chits_own_key_is_refused_as_chits(chit: ChitServer, prod_issuer: ClusterIssuer) -> None:
     """Defense in depth: whatever its claims say, chit's own kid marks a token as chit's."""
-    from server.keys import KeyStore
+    from chit.server.keys import KeyStore
 
     key = KeyStore(chit.directory / "keys").signing_key(time.time())
     assert key is not None

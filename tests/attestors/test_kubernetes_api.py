@@ -336,7 +336,7 @@ def test_no_api_server_outside_a_cluster_stops_the_start(tmp_path: Path) -> None
     }
     (tmp_path / "chit.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "jwks.json").write_text('{"keys": []}')
-    result = subprocess.run([sys.executable, "-m", "server", "serve", "--config", str(tmp_path / "chit.yaml")], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "chit", "serve", "--config", str(tmp_path / "chit.yaml")], capture_output=True, text=True,
                             timeout=60, cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert result.returncode != 0
     assert "api.server is not set and chit does not run in a Kubernetes pod" in result.stderr
@@ -344,7 +344,7 @@ def test_no_api_server_outside_a_cluster_stops_the_start(tmp_path: Path) -> None
 
 
 def test_api_server_must_be_https_off_loopback(tmp_path: Path) -> None:
-    from server.config import ConfigError, parse_config
+    from chit.server.config import ConfigError, parse_config
 
     document = {"issuer": "http://127.0.0.1:1", "attestors": {"kubernetes": {"clusters": [
         {"name": "c", "issuer": ISSUER, "jwks_file": "j", "audiences": ["chit"], "api": {"server": "http://10.0.0.1:6443"}}]}}}

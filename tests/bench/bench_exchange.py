@@ -224,12 +224,12 @@ def run_all(args: argparse.Namespace, directory: Path, redis_url: str, worker_co
         for label, kind in (("trivial Starlette endpoint", "trivial"), ("verify + sign, no policy", "verify_sign"), ("chit exchange", "chit")):
             port = free_port()
             if kind == "chit":
-                command = [sys.executable, "-m", "server", "serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
+                command = [sys.executable, "-m", "chit", "serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
             else:
                 command = [sys.executable, "-m", "tests.bench.floors", kind, "--port", str(port), "--workers", str(workers)]
             if kind == "verify_sign":
                 # The floor app reads the config the way chit's workers do.
-                from server.config import RESOLVED_CONFIG_ENV, load_config
+                from chit.server.config import RESOLVED_CONFIG_ENV, load_config
 
                 resolved = load_config(config)
                 resolved = resolved.model_copy(update={"listen": resolved.listen.model_copy(update={"port": port})})

@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from server.cli import run_uvicorn
-from server.config import RESOLVED_CONFIG_ENV, Config
+from chit.server.cli import run_uvicorn
+from chit.server.config import RESOLVED_CONFIG_ENV, Config
 
 CONSTANT_DECISION = {"allow": True, "scope": ["read:db", "write:db"], "audience": ["https://bench.internal"], "ttl": 900, "reasons": ["floor"]}
 
@@ -41,7 +41,7 @@ class ConstantEngine:
 
 
 def verify_sign_app() -> Starlette:
-    from server.app import create_app
+    from chit.server.app import create_app
 
     app = create_app(Config.model_validate_json(os.environ[RESOLVED_CONFIG_ENV]))
     app.state.exchange.policy = ConstantEngine()

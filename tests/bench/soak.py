@@ -96,7 +96,7 @@ def main() -> None:
         port = free_port()
         log = open(directory / "chit.log", "wb")
         server = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--config", str(config_path), "--port", str(port), "--workers", str(args.workers)],
+            [sys.executable, "-m", "chit", "serve", "--config", str(config_path), "--port", str(port), "--workers", str(args.workers)],
             cwd=directory, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT,
         )
         wait_ready(f"http://127.0.0.1:{port}/readyz", server)

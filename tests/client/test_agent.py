@@ -17,8 +17,8 @@ from typing import Callable, Iterator
 import jwt
 import pytest
 
-from client.agent import BACKOFF_MAX, REMOVE_BEFORE_EXPIRY, backoff
-from client.cli import parse_file_spec
+from chit.agent.sidecar import BACKOFF_MAX, REMOVE_BEFORE_EXPIRY, backoff
+from chit.agent.cli import parse_file_spec
 from tests.client.conftest import CACHE, DB
 from tests.conftest import TEST_BINDINGS, cluster_config
 from tests.factories import (

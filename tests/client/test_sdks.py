@@ -15,7 +15,7 @@ import google.auth.transport.requests
 import pytest
 from google.auth import identity_pool
 
-from server.sts import role_session_name
+from chit.server.sts import role_session_name
 from tests.client.conftest import DB
 from tests.conftest import ROLE_AGENT
 from tests.factories import (

@@ -40,7 +40,7 @@ def test_multi_stage_on_a_pinned_slim_python(stages) -> None:
 
 def test_dependencies_come_from_the_project_metadata(stages) -> None:
     build = " ".join(values(stages[0], "RUN"))
-    assert "pip install --no-cache-dir ." in build
+    assert "pip install --no-cache-dir '.[server]'" in build  # the server extra: the image runs chit serve
     assert "COPY pyproject.toml" in " ".join(f"COPY {v}" for v in values(stages[0], "COPY"))
 
 

@@ -15,9 +15,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from server.config import load_config
-from server.policy.bundle import load_policy_dir
-from server.policy.embedded import EmbeddedEngine
+from chit.server.config import load_config
+from chit.policy.bundle import load_policy_dir
+from chit.policy.embedded import EmbeddedEngine
 from tests.factories import ROOT
 
 KUBERNETES_VERSION = "1.33.0"  # the schema every rendered object is validated against
@@ -84,7 +84,7 @@ def test_agent_example_validates() -> None:
 
 
 def test_agent_examples_sidecar_is_chit_agent_as_its_command_line_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from server.cli import build_parser
+    from chit.cli import build_parser
     from tests.factories import CLIENT_ENV_VARIABLES
 
     documents = list(yaml.safe_load_all((DEPLOY / "examples" / "agent.yaml").read_text()))

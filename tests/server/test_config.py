@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ConfigError, load_config
+from chit.server.config import ConfigError, load_config
 from tests.factories import ROOT
 
 MINIMAL = "issuer: https://chit.example.org\n"
@@ -139,7 +139,7 @@ def test_loopback_http_is_allowed_for_local_sources(tmp_path: Path) -> None:
 
 def run_chit(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "server", *args],
+        [sys.executable, "-m", "chit", *args],
         capture_output=True, text=True, timeout=60, cwd=cwd,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **(env or {})},
     )

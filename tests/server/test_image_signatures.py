@@ -16,8 +16,8 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from attestors import ContainerImage
-from server.signatures import ImageSignatures, load_keys
+from chit.attestors.base import ContainerImage
+from chit.server.signatures import ImageSignatures, load_keys
 from tests.factories import (
     ChitServer,
     ClusterIssuer,
@@ -226,7 +226,7 @@ def test_registries_outside_the_allowlist_are_never_contacted(registry: OciRegis
 )
 def test_by_default_addresses_on_this_host_its_link_or_private_networks_are_not_contacted(registry: str, reachable: bool) -> None:
     """Image references come from pod specs: they must not turn chit into a probe of internal addresses."""
-    from server.signatures import registry_reachable
+    from chit.server.signatures import registry_reachable
 
     assert registry_reachable(registry, None) is reachable
     assert registry_reachable(registry, frozenset({registry})) is True
@@ -250,7 +250,7 @@ def test_by_default_addresses_on_this_host_its_link_or_private_networks_are_not_
 def test_connections_go_only_to_allowlisted_hosts_or_public_addresses(addresses: list[str], allowlist: set[str] | None, allowed: bool) -> None:
     """Checked on the addresses chit resolved and then connects to: for the
     registry, each redirect hop and the token realm alike."""
-    from server.registry import may_connect
+    from chit.server.registry import may_connect
 
     assert may_connect("registry.example", 443, addresses, None if allowlist is None else frozenset(allowlist)) is allowed
     assert may_connect("localhost", 443, ["140.82.113.33"], None) is False
@@ -277,7 +277,7 @@ def test_redirects_and_realms_leave_only_for_allowed_hosts(documents: DocumentSe
 
 
 def test_plain_http_is_refused_beyond_loopback() -> None:
-    from server.registry import RegistryClient
+    from chit.server.registry import RegistryClient
 
     async def fetch() -> None:
         client = RegistryClient(1.0, frozenset({"registry.example:80"}))

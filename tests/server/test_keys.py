@@ -12,7 +12,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from server.keys import KeyStore, ensure_signing_key, jwk_thumbprint, rotate
+from chit.server.keys import KeyStore, ensure_signing_key, jwk_thumbprint, rotate
 from tests.factories import ROOT, ChitServer, ClusterIssuer, assert_issued
 from tests.conftest import PROD_ISSUER
 
@@ -80,13 +80,13 @@ def test_rotation_removes_keys_no_longer_published(tmp_path: Path) -> None:
 
 def test_key_removed_while_the_directory_is_read_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`chit keys rotate` in another process may retire a file between the scan and its reading."""
-    import server.keys
+    import chit.server.keys
 
     ensure_signing_key(tmp_path, "ES256")
     store = KeyStore(tmp_path)
     retiring = store.keys[0].path
     survivor = rotate(tmp_path, "ES256", 0, now=time.time())
-    load = server.keys.load_key_file
+    load = chit.server.keys.load_key_file
 
     def load_then_lose(path: Path, activates_at: int):
         key = load(path, activates_at)
@@ -94,7 +94,7 @@ def test_key_removed_while_the_directory_is_read_is_skipped(tmp_path: Path, monk
             path.unlink()
         return key
 
-    monkeypatch.setattr(server.keys, "load_key_file", load_then_lose)
+    monkeypatch.setattr(chit.server.keys, "load_key_file", load_then_lose)
     store.reload(force=True)
     assert [k.kid for k in store.keys] == [survivor.kid]
 
@@ -123,7 +123,7 @@ def test_running_server_picks_up_a_rotation(tmp_path: Path, documents, prod_issu
     try:
         old_kid = server.jwks()["keys"][0]["kid"]
         result = subprocess.run(
-            [sys.executable, "-m", "server", "keys", "rotate", "--config", str(server.config_path)],
+            [sys.executable, "-m", "chit", "keys", "rotate", "--config", str(server.config_path)],
             capture_output=True, text=True, cwd=server.directory, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=60,
         )
         assert result.returncode == 0, result.stderr
@@ -156,7 +156,7 @@ def test_a_directory_with_keys_is_only_read(tmp_path: Path) -> None:
 
 
 def test_no_key_and_no_way_to_create_one_is_a_clear_error(tmp_path: Path) -> None:
-    from server.keys import SigningKeyError
+    from chit.server.keys import SigningKeyError
 
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -140,7 +140,7 @@ def test_decision_ttl_is_capped(quirky: ChitServer, prod_issuer: ClusterIssuer) 
 
 def chit_serve(config_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "server", "serve", "--config", str(config_path)],
+        [sys.executable, "-m", "chit", "serve", "--config", str(config_path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -193,14 +193,14 @@ def test_data_files_are_placed_at_their_directory_path(tmp_path: Path) -> None:
     policy = copy_policy(tmp_path / "p", data={"bindings": {}})
     (policy / "chit" / "extra").mkdir()
     (policy / "chit" / "extra" / "data.json").write_text('{"limit": 3}')
-    from server.policy.bundle import load_policy_dir
+    from chit.policy.bundle import load_policy_dir
 
     bundle = load_policy_dir(policy)
     assert bundle.data == {"bindings": {}, "chit": {"extra": {"limit": 3}}}
 
 
 def test_overlapping_data_files_are_refused(tmp_path: Path) -> None:
-    from server.policy.bundle import PolicyLoadError, load_policy_dir
+    from chit.policy.bundle import PolicyLoadError, load_policy_dir
 
     policy = copy_policy(tmp_path / "p", data={"chit": {"extra": {"limit": 1}}})
     (policy / "chit" / "extra").mkdir()
@@ -213,7 +213,7 @@ def test_overlapping_data_files_are_refused(tmp_path: Path) -> None:
 
 
 def chit_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server", *args], capture_output=True, text=True, timeout=120, cwd=cwd, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    return subprocess.run([sys.executable, "-m", "chit", *args], capture_output=True, text=True, timeout=120, cwd=cwd, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
 
 
 def test_shipped_policy_tests_pass() -> None:

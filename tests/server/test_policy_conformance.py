@@ -14,10 +14,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from server.policy import PolicyEvaluationError, parse_decision
-from server.policy.bundle import load_policy_dir
-from server.policy.embedded import EmbeddedEngine
-from server.policy.opa import OpaEngine
+from chit.policy import PolicyEvaluationError, parse_decision
+from chit.policy.bundle import load_policy_dir
+from chit.policy.embedded import EmbeddedEngine
+from chit.policy.opa import OpaEngine
 from tests.factories import ROOT, OpaStandIn, copy_policy
 from tests.server.test_policy import QUIRKS
 
@@ -145,7 +145,7 @@ def shipped_opa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaStandIn
 
 
 def chit_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server", *args], capture_output=True, text=True, timeout=120, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    return subprocess.run([sys.executable, "-m", "chit", *args], capture_output=True, text=True, timeout=120, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
 
 
 def verdicts(output: str) -> dict[str, str]:

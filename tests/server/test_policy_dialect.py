@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server.policy.bundle import PolicyLoadError, load_policy_dir
-from server.policy.embedded import EmbeddedEngine
+from chit.policy.bundle import PolicyLoadError, load_policy_dir
+from chit.policy.embedded import EmbeddedEngine
 from tests.factories import ROOT
 
 
@@ -98,9 +98,9 @@ def test_the_shipped_rego_tests_call_every_builtin_the_shipped_policy_calls() ->
     OPA's answers by a Rego test (policies/chit/engine_test.rego) run on both engines."""
     import regopy
 
-    from server.policy.bundle import ENTRYPOINT
-    from server.policy.dialect import plan_facts
-    from server.policy.testing import discover_tests
+    from chit.policy.bundle import ENTRYPOINT
+    from chit.policy.dialect import plan_facts
+    from chit.policy.testing import discover_tests
 
     def builtins(modules: dict[str, str], data: dict, entrypoints: list[str]) -> set[str]:
         interpreter = regopy.Interpreter()

@@ -25,11 +25,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.policy import PolicyEvaluationError, PolicyInputUnrepresentable
-from server.policy.bundle import load_policy_dir
-from server.policy.embedded import EmbeddedEngine
-from server.policy.opa import OpaEngine
-from server.policy.regocpp import is_faithful
+from chit.policy import PolicyEvaluationError, PolicyInputUnrepresentable
+from chit.policy.bundle import load_policy_dir
+from chit.policy.embedded import EmbeddedEngine
+from chit.policy.opa import OpaEngine
+from chit.policy.regocpp import is_faithful
 from tests.factories import (
     ChitServer,
     ClusterIssuer,

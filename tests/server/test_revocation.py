@@ -8,9 +8,9 @@ import asyncio
 
 import pytest
 
-from server.config import MAX_TOKEN_TTL
-from server.revocation import MAX_AGE, SUBJECTS_KEY, Revocations
-from server.state import MemoryStore, StateStore, StateUnavailable
+from chit.server.config import MAX_TOKEN_TTL
+from chit.server.revocation import MAX_AGE, SUBJECTS_KEY, Revocations
+from chit.state import MemoryStore, StateStore, StateUnavailable
 
 SUBJECT = "spiffe://example.org/k8s/prod/ns/payments/sa/agent"
 

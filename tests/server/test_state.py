@@ -9,7 +9,7 @@ from typing import Awaitable, Callable, Iterator
 
 import pytest
 
-from server.state import MemoryStore, RedisStore, StateStore, StateUnavailable
+from chit.state import MemoryStore, RedisStore, StateStore, StateUnavailable
 from tests.factories import RedisServer, free_port
 
 Scenario = Callable[[StateStore], Awaitable[None]]

@@ -15,7 +15,7 @@ from typing import Iterator
 import jwt
 import pytest
 
-from server.sts import role_session_name
+from chit.server.sts import role_session_name
 from tests.conftest import AWS_BINDINGS, ROLE_AGENT, ROLE_DEPLOYER, ROLE_DESCRIBER, SESSION_POLICY, AwsRegions, aws_chit_config
 from tests.factories import (
     AWS_CREDENTIALS_TYPE,

@@ -20,8 +20,8 @@ import httpx
 import pytest
 import yaml
 
-from server.http import TLS_CLOSE_GRACE_SECONDS
-from server.tls import RELOAD_SECONDS
+from chit.server.http import TLS_CLOSE_GRACE_SECONDS
+from chit.server.tls import RELOAD_SECONDS
 from tests.conftest import TEST_BINDINGS, cluster_config
 from tests.factories import (
     ROOT,
@@ -255,7 +255,7 @@ def serve_briefly(tmp_path: Path, config: dict, *args: str) -> subprocess.Comple
     path = tmp_path / "chit.yaml"
     path.write_text(yaml.safe_dump(config))
     return subprocess.run(
-        [sys.executable, "-m", "server", "serve", "--config", str(path), *args],
+        [sys.executable, "-m", "chit", "serve", "--config", str(path), *args],
         capture_output=True, text=True, timeout=60, cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )
 

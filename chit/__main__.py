@@ -1,0 +1,3 @@
+from chit.cli import main
+
+main()

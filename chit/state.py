@@ -1,0 +1,275 @@
+"""Shared state behind one small interface: instance nonce bindings, single-use
+token hashes, revocations and rate-limit buckets.
+
+Every value written on behalf of a request has a TTL, so nothing grows without
+bound; `ttl=None` (kept until deleted) is only for what an operator writes
+(`chit revoke --subject`). A backend that cannot answer raises
+`StateUnavailable`; the exchange then fails closed (503).
+
+Backends: `memory` (one process; the default) and `redis` (shared by every
+worker and replica).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import field_validator, model_validator
+
+from chit import metrics
+from chit.section import Milliseconds, Section
+
+log = logging.getLogger("chit.state")
+
+
+class State(Section):
+    """The `state` section of chit's configuration."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = None  # redis://[user:password@]host:port/db, or rediss:// for TLS
+    timeout_ms: Milliseconds = 500  # connect, and each command
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _redis_url(self) -> State:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("backend redis needs redis_url")
+        return self
+
+
+class StateUnavailable(Exception):
+    """The state store did not answer; a check that needs it cannot be made."""
+
+
+class StateStore(ABC):
+    """Keys are namespaced by their users ("iid:…", "revoked:jti:…", "rate:client:…")."""
+
+    @abstractmethod
+    async def get(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    async def set(self, key: str, value: str, ttl: float | None) -> None: ...
+
+    @abstractmethod
+    async def add(self, key: str, value: str, ttl: float | None) -> bool:
+        """Set `key` only if it is absent; True if this call set it."""
+
+    @abstractmethod
+    async def replace(self, key: str, expected: str, value: str, ttl: float | None) -> bool:
+        """Set `key` to `value` only if it currently holds `expected` (compare-and-set)."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> bool:
+        """Remove `key`; True if it existed."""
+
+    @abstractmethod
+    async def take(self, key: str, per_minute: int, now: float) -> float:
+        """Take one token from a bucket refilled at `per_minute` per minute with a burst
+        of `per_minute`. Returns 0.0 when taken, else the seconds until one is available."""
+
+    @abstractmethod
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None:
+        return None
+
+
+def _expiry(now: float, ttl: float | None) -> float:
+    return math.inf if ttl is None else now + ttl
+
+
+class MemoryStore(StateStore):
+    """Process-local state (`state.backend: memory`): for one process only."""
+
+    SWEEP_EVERY = 1024  # operations between sweeps of expired entries
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[str, float]] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._operations = 0
+
+    def _live(self, key: str, now: float) -> str | None:
+        item = self._values.get(key)
+        if item is None:
+            return None
+        if item[1] <= now:
+            del self._values[key]
+            return None
+        return item[0]
+
+    def _tick(self, now: float) -> None:
+        self._operations += 1
+        if self._operations % self.SWEEP_EVERY == 0:
+            self._values = {k: v for k, v in self._values.items() if v[1] > now}
+            # A bucket idle for a minute is full again: forgetting it changes nothing.
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
+
+    async def get(self, key: str) -> str | None:
+        now = time.time()
+        self._tick(now)
+        return self._live(key, now)
+
+    async def set(self, key: str, value: str, ttl: float | None) -> None:
+        now = time.time()
+        self._tick(now)
+        self._values[key] = (value, _expiry(now, ttl))
+
+    async def add(self, key: str, value: str, ttl: float | None) -> bool:
+        now = time.time()
+        self._tick(now)
+        if self._live(key, now) is not None:
+            return False
+        self._values[key] = (value, _expiry(now, ttl))
+        return True
+
+    async def replace(self, key: str, expected: str, value: str, ttl: float | None) -> bool:
+        now = time.time()
+        self._tick(now)
+        if self._live(key, now) != expected:
+            return False
+        self._values[key] = (value, _expiry(now, ttl))
+        return True
+
+    async def delete(self, key: str) -> bool:
+        live = self._live(key, time.time()) is not None
+        self._values.pop(key, None)
+        return live
+
+    async def take(self, key: str, per_minute: int, now: float) -> float:
+        self._tick(now)
+        rate = per_minute / 60.0
+        tokens, updated = self._buckets.get(key, (float(per_minute), now))
+        tokens = min(float(per_minute), tokens + (now - updated) * rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / rate
+
+    async def ping(self) -> bool:
+        return True
+
+
+class RedisStore(StateStore):
+    """State in Redis (`state.backend: redis`), shared by every worker and replica.
+
+    Every operation is atomic on the server: add is SET NX PX, compare-and-set
+    and the token bucket are Lua scripts. Every key carries a TTL (PX) unless
+    an operator wrote it. Connections time out after `state.timeout_ms`; a
+    connection found broken (Redis restarted) is retried once, then the
+    operation fails with `StateUnavailable`, and the next one tries again, so
+    service resumes without a restart when Redis returns.
+    """
+
+    PREFIX = "chit:"
+    POOL_SIZE = 64  # connections per process; a request waits at most the timeout for one
+
+    # KEYS[1]; ARGV: expected, new value, TTL in ms ("" for none).
+    _REPLACE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[2]) else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return 1
+"""
+    # KEYS[1]: a hash {tokens, updated}; ARGV: per minute, now (s). Returns "0" when a
+    # token was taken, else the seconds until one is available (a string: Lua numbers
+    # would come back as integers). A bucket idle for a minute is full: it expires then.
+    _TAKE = """
+local burst = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+local rate = burst / 60.0
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens = tonumber(state[1]) or burst
+local updated = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(math.max(now, updated)))
+redis.call('PEXPIRE', KEYS[1], 60000)
+return tostring(wait)
+"""
+
+    def __init__(self, url: str, timeout: float):
+        from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        self._pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=self.POOL_SIZE,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1, (RedisConnectionError,)),
+            decode_responses=True,
+        )
+        self._redis = Redis(connection_pool=self._pool)
+        self._replace = self._redis.register_script(self._REPLACE)
+        self._take = self._redis.register_script(self._TAKE)
+        self._failing = False
+
+    async def _call(self, operation: str, awaitable):  # type: ignore[no-untyped-def]
+        from redis.exceptions import RedisError
+
+        try:
+            result = await awaitable
+        except (RedisError, OSError) as error:
+            metrics.STATE_ERRORS.labels(operation).inc()
+            if not self._failing:
+                log.error("state store (redis) unavailable: %s", error)
+            self._failing = True
+            raise StateUnavailable(f"redis: {error.__class__.__name__}: {error}") from None
+        if self._failing:
+            log.warning("state store (redis) answers again")
+            self._failing = False
+        return result
+
+    @staticmethod
+    def _px(ttl: float | None) -> int | None:
+        return None if ttl is None else max(1, math.ceil(ttl * 1000))
+
+    async def get(self, key: str) -> str | None:
+        return await self._call("get", self._redis.get(self.PREFIX + key))
+
+    async def set(self, key: str, value: str, ttl: float | None) -> None:
+        await self._call("set", self._redis.set(self.PREFIX + key, value, px=self._px(ttl)))
+
+    async def add(self, key: str, value: str, ttl: float | None) -> bool:
+        return bool(await self._call("add", self._redis.set(self.PREFIX + key, value, px=self._px(ttl), nx=True)))
+
+    async def replace(self, key: str, expected: str, value: str, ttl: float | None) -> bool:
+        px = self._px(ttl)
+        result = self._replace(keys=[self.PREFIX + key], args=[expected, value, "" if px is None else px])
+        return await self._call("replace", result) == 1
+
+    async def delete(self, key: str) -> bool:
+        return await self._call("delete", self._redis.delete(self.PREFIX + key)) == 1
+
+    async def take(self, key: str, per_minute: int, now: float) -> float:
+        return float(await self._call("take", self._take(keys=[self.PREFIX + key], args=[per_minute, repr(now)])))
+
+    async def ping(self) -> bool:
+        return bool(await self._call("ping", self._redis.ping()))
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+        await self._pool.disconnect()
+
+
+def build_state_store(settings: State) -> StateStore:
+    if settings.backend == "redis":
+        assert settings.redis_url is not None  # the section requires it
+        return RedisStore(settings.redis_url, settings.timeout_ms / 1000)
+    return MemoryStore()
