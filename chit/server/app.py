@@ -1,4 +1,10 @@
-"""chit's HTTP surface: the Starlette application and its endpoints (DESIGN.md "HTTP endpoints")."""
+"""chit's HTTP surface (DESIGN.md "HTTP endpoints"): one method per endpoint, adapting HTTP to chit.
+
+`Endpoints.token` hands the request's parts to the exchange
+(`chit.server.exchange`, where the whole pipeline is) and answers with its
+outcome; the other endpoints are as small. `create_app` builds everything once
+and routes to the methods, which tests may also call in process.
+"""
 
 from __future__ import annotations
 
@@ -13,56 +19,27 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from chit.attestors.base import DocumentVerifier, JwtVerifier
+from chit import metrics
 from chit.attestors.aws_iid.verifier import AwsIidVerifier
+from chit.attestors.base import DocumentVerifier, JwtVerifier
 from chit.attestors.gcp.verifier import GcpVerifier
 from chit.attestors.kubernetes.verifier import KubernetesVerifier
 from chit.attestors.routing import AttestorRouter
-from chit import metrics
-from chit.server.audit import AuditLog
 from chit.aws import AwsClients
+from chit.policy import build_engine
+from chit.protocol import GRANT_TYPE_TOKEN_EXCHANGE
+from chit.server.audit import AuditLog
 from chit.server.config import Config
-from chit.server.errors import InvalidRequest, OAuthError, RequestTooLarge, TemporarilyUnavailable
-from chit.server.exchange import AuditEntry, TokenExchange
+from chit.server.errors import NO_STORE, InvalidRequest, OAuthError, TemporarilyUnavailable
+from chit.server.exchange import HttpRequest, TokenExchange
 from chit.server.introspection import active_claims, bearer_token, introspection_response, require_introspect_scope, verify_own_token
 from chit.server.keys import KeyStore, ensure_signing_key
-from chit.policy import build_engine
 from chit.server.signatures import ImageSignatures
-from chit.state import StateStore, StateUnavailable, build_state_store
 from chit.server.sts import StsIssuer
-from chit.server.token_request import GRANT_TYPE_TOKEN_EXCHANGE, MAX_BODY_BYTES, parse_token_parameter, parse_token_request
+from chit.server.token_request import parse_token_parameter, read_form_body
+from chit.state import StateStore, StateUnavailable, build_state_store
 
 log = logging.getLogger("chit.app")
-
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # RFC 6749 §5.1
-
-
-def oauth_error_response(error: OAuthError, decision_id: str | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": error.error, "error_description": error.description}
-    if decision_id is not None:
-        body["decision_id"] = decision_id
-    headers = {**NO_STORE, **error.headers}
-    if error.status_code == 401:
-        headers.setdefault("WWW-Authenticate", f'Bearer error="{error.error}"')
-    if error.status_code == 413:
-        headers["Connection"] = "close"  # the rest of the body is not read
-    return JSONResponse(body, status_code=error.status_code, headers=headers)
-
-
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The request body, refusing anything over `limit` before it is all in memory."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidRequest("invalid Content-Length")
-        if int(declared) > limit:
-            raise RequestTooLarge(f"request body over {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestTooLarge(f"request body over {limit} bytes")
-    return bytes(body)
 
 
 def build_exchange(config: Config) -> TokenExchange:
@@ -88,11 +65,9 @@ def build_exchange(config: Config) -> TokenExchange:
     )
 
 
-async def form_token(request: Request) -> str:
-    """The `token` parameter of /revoke and /introspect, from the body only."""
-    if request.url.query:
-        raise InvalidRequest("parameters must be sent in the request body")
-    return parse_token_parameter(request.headers.get("content-type"), await read_body(request))
+def error_response(error: OAuthError) -> JSONResponse:
+    status, body, headers = error.answer()
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def state_ready(state: StateStore) -> bool:
@@ -102,113 +77,116 @@ async def state_ready(state: StateStore) -> bool:
         return False
 
 
-def create_app(config: Config) -> Starlette:
-    exchange = build_exchange(config)
-    metadata = json.dumps(server_metadata(config, exchange.keys)).encode()
+class Endpoints:
+    """Every endpoint of chit, as a method taking a Starlette request."""
 
-    async def token(request: Request) -> Response:
-        now = time.time()
-        entry = AuditEntry(client=request.client.host if request.client else None)
-        try:
-            await exchange.limits.count_client(entry.client, now)
-            if request.url.query:
-                # RFC 6749 §3.2 puts the parameters in the body; tokens in URLs end up in logs.
-                raise InvalidRequest("parameters must be sent in the request body")
-            body = await read_body(request)
-            token_request = parse_token_request(request.headers.get("content-type"), body)
-            response = JSONResponse(await exchange.exchange(token_request, entry, now), headers=NO_STORE)
-        except OAuthError as error:
-            entry.refused(error)
-            response = oauth_error_response(error, entry.decision_id)
-        except Exception:
-            log.exception("exchange %s failed unexpectedly", entry.decision_id)
-            entry.outcome, entry.error = "unavailable", "server_error"
-            response = JSONResponse(
-                {"error": "server_error", "error_description": "internal error", "decision_id": entry.decision_id},
-                status_code=500,
-                headers=NO_STORE,
-            )
-        record = entry.record(now)
-        exchange.audit.write(record)
-        metrics.EXCHANGES.labels(entry.outcome, entry.kind or "none", entry.error or "none").inc()
-        metrics.EXCHANGE_SECONDS.observe(record["latency_ms"] / 1000)
-        return response
+    def __init__(self, config: Config, exchange: TokenExchange):
+        self.config = config
+        self.exchange = exchange
+        self.metadata = json.dumps(server_metadata(config, exchange.keys)).encode()
 
-    async def revoke(request: Request) -> Response:
+    async def token(self, request: Request) -> Response:
+        """RFC 8693 token exchange: the pipeline is `TokenExchange.handle`."""
+        outcome = await self.exchange.handle(
+            HttpRequest(
+                client=request.client.host if request.client else None,
+                query=request.url.query,
+                content_type=request.headers.get("content-type"),
+                content_length=request.headers.get("content-length"),
+                body=request.stream(),
+            ),
+            time.time(),
+        )
+        return JSONResponse(outcome.body, status_code=outcome.status, headers=dict(outcome.headers))
+
+    async def form_token(self, request: Request) -> str:
+        """The `token` parameter of /revoke and /introspect, from the body only."""
+        if request.url.query:
+            raise InvalidRequest("parameters must be sent in the request body")
+        body = await read_form_body(request.headers.get("content-length"), request.stream())
+        return parse_token_parameter(request.headers.get("content-type"), body)
+
+    async def revoke(self, request: Request) -> Response:
         """RFC 7009 §2.2: "The authorization server responds with HTTP status code 200
         if the token has been revoked successfully or if the client submitted an
         invalid token." The token is its own authorization (DESIGN.md "Authentication")."""
         now = time.time()
         try:
-            claims = verify_own_token(exchange.keys, config.issuer, await form_token(request), now)
+            claims = verify_own_token(self.exchange.keys, self.config.issuer, await self.form_token(request), now)
             if claims is not None and isinstance(claims.get("jti"), str):
-                await exchange.revocations.revoke_token(claims["jti"], claims["exp"], now)
+                await self.exchange.revocations.revoke_token(claims["jti"], claims["exp"], now)
                 log.info("token %s of %s revoked by its holder", claims["jti"], claims["sub"])
         except StateUnavailable as error:
             # RFC 7009 §2.2.1: on a 503 "the client must assume the token still exists".
-            return oauth_error_response(TemporarilyUnavailable("cannot record the revocation right now", detail=str(error)))
+            return error_response(TemporarilyUnavailable("cannot record the revocation right now", detail=str(error)))
         except OAuthError as error:
-            return oauth_error_response(error)
+            return error_response(error)
         return Response(status_code=200, headers=NO_STORE)
 
-    async def introspect(request: Request) -> Response:
+    async def introspect(self, request: Request) -> Response:
         """RFC 7662 §2: the caller authenticates with its own chit:introspect token."""
-        now = time.time()
+        now, keys, issuer, revocations = time.time(), self.exchange.keys, self.config.issuer, self.exchange.revocations
         try:
             caller = bearer_token(request.headers.get("authorization"))
-            require_introspect_scope(await active_claims(exchange.keys, config.issuer, exchange.revocations, caller, now), config.issuer)
-            token = await form_token(request)
-            body = introspection_response(await active_claims(exchange.keys, config.issuer, exchange.revocations, token, now))
+            require_introspect_scope(await active_claims(keys, issuer, revocations, caller, now), issuer)
+            token = await self.form_token(request)
+            body = introspection_response(await active_claims(keys, issuer, revocations, token, now))
         except OAuthError as error:
-            return oauth_error_response(error)
+            return error_response(error)
         return JSONResponse(body, headers=NO_STORE)
 
-    async def metrics_endpoint(request: Request) -> Response:
+    async def metrics(self, request: Request) -> Response:
         body, content_type = metrics.exposition()
         return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
-    async def discovery(request: Request) -> Response:
-        return Response(metadata, media_type="application/json", headers={"Cache-Control": "public, max-age=300"})
+    async def discovery(self, request: Request) -> Response:
+        return Response(self.metadata, media_type="application/json", headers={"Cache-Control": "public, max-age=300"})
 
-    async def jwks(request: Request) -> Response:
+    async def jwks(self, request: Request) -> Response:
         return Response(
-            exchange.keys.jwks_json(time.time()),
+            self.exchange.keys.jwks_json(time.time()),
             media_type="application/jwk-set+json",
             headers={"Cache-Control": "public, max-age=60"},
         )
 
-    async def healthz(request: Request) -> Response:
+    async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def readyz(request: Request) -> Response:
+    async def readyz(self, request: Request) -> Response:
         checks = {
-            "signing_key": exchange.keys.signing_key(time.time()) is not None,
-            "policy": await exchange.policy.ready(),
-            "state": await state_ready(exchange.state),
+            "signing_key": self.exchange.keys.signing_key(time.time()) is not None,
+            "policy": await self.exchange.policy.ready(),
+            "state": await state_ready(self.exchange.state),
         }
         ready = all(checks.values())
         return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/token", self.token, methods=["POST"]),
+            Route("/.well-known/openid-configuration", self.discovery, methods=["GET"]),
+            Route("/.well-known/oauth-authorization-server", self.discovery, methods=["GET"]),
+            Route("/.well-known/jwks.json", self.jwks, methods=["GET"]),
+            Route("/revoke", self.revoke, methods=["POST"]),
+            Route("/introspect", self.introspect, methods=["POST"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+        ]
+
+
+def create_app(config: Config) -> Starlette:
+    exchange = build_exchange(config)
+    endpoints = Endpoints(config, exchange)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await exchange.close()
 
-    app = Starlette(
-        routes=[
-            Route("/token", token, methods=["POST"]),
-            Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
-            Route("/.well-known/oauth-authorization-server", discovery, methods=["GET"]),
-            Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-            Route("/revoke", revoke, methods=["POST"]),
-            Route("/introspect", introspect, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics_endpoint, methods=["GET"]),
-        ],
-        lifespan=lifespan,
-    )
+    app = Starlette(routes=endpoints.routes(), lifespan=lifespan)
     app.state.exchange = exchange
+    app.state.endpoints = endpoints
     return app
 
 

@@ -8,6 +8,10 @@ description goes to the client, so it never carries a secret or policy detail;
 
 from __future__ import annotations
 
+from typing import Any
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # RFC 6749 §5.1
+
 
 class OAuthError(Exception):
     error: str = "invalid_request"
@@ -20,6 +24,19 @@ class OAuthError(Exception):
         self.description = description
         self.detail = detail or description
         self.headers = headers or {}
+
+
+    def answer(self, decision_id: str | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """The error response (RFC 6749 §5.2): status, JSON body, headers."""
+        body: dict[str, Any] = {"error": self.error, "error_description": self.description}
+        if decision_id is not None:
+            body["decision_id"] = decision_id
+        headers = {**NO_STORE, **self.headers}
+        if self.status_code == 401:
+            headers.setdefault("WWW-Authenticate", f'Bearer error="{self.error}"')
+        if self.status_code == 413:
+            headers["Connection"] = "close"  # the rest of the body is not read
+        return self.status_code, body, headers
 
 
 class InvalidRequest(OAuthError):
@@ -89,4 +106,13 @@ class TemporarilyUnavailable(OAuthError):
 
     error = "temporarily_unavailable"
     status_code = 503
+    outcome = "unavailable"
+
+
+class ServerError(OAuthError):
+    """RFC 6749 §5.2 `server_error`: "The authorization server encountered an unexpected
+    condition". The client learns nothing more (no traceback); the log has the rest."""
+
+    error = "server_error"
+    status_code = 500
     outcome = "unavailable"

@@ -1,8 +1,16 @@
-"""The token exchange pipeline: parse → attest → enrich → decide → mint → audit.
+"""The token exchange, whole: parse → attest → enrich → decide → mint → audit.
 
-`TokenExchange.exchange` is the whole of it, one step per call; each step
-lives in its own module. Any refusal is an `OAuthError` (server.errors); the
-audit entry records what was decided and why, never a token.
+`TokenExchange.handle` is the pipeline, one call per step, each into its own
+module: the request parser (`chit.server.token_request`), the attestors
+(`chit.attestors`), the policy (`chit.policy`) and the grant
+(`chit.server.grant`), the minting of a JWT (`chit.server.mint`) or of STS
+credentials (`chit.server.sts`). It returns an `Outcome`: the response, and
+the audit line built once, at the end, from what the steps returned (DESIGN.md
+"Audit log"). Any refusal is an `OAuthError` (`chit.server.errors`); an audit
+line never carries a token.
+
+The HTTP layer (`chit.server.app`) only adapts: it hands over the request's
+parts and answers with the outcome.
 """
 
 from __future__ import annotations
@@ -12,17 +20,12 @@ import itertools
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, AsyncIterable, Mapping
 
+from chit import metrics
 from chit.attestors.base import Attestation, EvidenceUnavailable, InvalidEvidence
 from chit.attestors.routing import AttestorRouter
-from chit import metrics
-from chit.server.audit import AuditLog
-from chit.server.config import MAX_TOKEN_TTL, Config
-from chit.server.errors import InvalidRequest, OAuthError, PolicyDenied, TemporarilyUnavailable
-from chit.server.keys import KeyStore, SigningKey
-from chit.server.mint import TYP_ACCESS_TOKEN, TYP_JWT, mint_jwt
 from chit.policy import (
     PolicyEngine,
     PolicyEvaluationError,
@@ -32,14 +35,25 @@ from chit.policy import (
     policy_input,
 )
 from chit.policy.decision import Decision
+from chit.server.audit import AuditLog
+from chit.server.config import MAX_TOKEN_TTL, Config
+from chit.server.errors import NO_STORE, InvalidRequest, OAuthError, PolicyDenied, ServerError, TemporarilyUnavailable
 from chit.server.grant import Grant, grant
+from chit.server.keys import KeyStore, SigningKey
+from chit.server.mint import TYP_ACCESS_TOKEN, TYP_JWT, mint_jwt
 from chit.server.ratelimit import RateLimits
 from chit.server.reserved_audience import WEB_IDENTITY_AUDIENCE, refuse_reserved_grant
 from chit.server.revocation import Revocations
 from chit.server.signatures import ImageSignatures
-from chit.state import StateStore, StateUnavailable
 from chit.server.sts import STS_DURATION_SECONDS, WEB_IDENTITY_TOKEN_TTL, StsIssuer
-from chit.server.token_request import TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_AWS_CREDENTIALS, TokenRequest
+from chit.server.token_request import (
+    TOKEN_TYPE_ACCESS_TOKEN,
+    TOKEN_TYPE_AWS_CREDENTIALS,
+    TokenRequest,
+    parse_token_request,
+    read_form_body,
+)
+from chit.state import StateStore, StateUnavailable
 
 log = logging.getLogger("chit.exchange")
 
@@ -64,53 +78,34 @@ def audit_timestamp(now: float) -> str:
     return f"{_second_rfc3339(second)}.{int((now - second) * 1000):03d}Z"
 
 
-@dataclass
-class AuditEntry:
-    """One audit line in the making (DESIGN.md "Audit log")."""
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """What the HTTP layer hands over of a POST /token: nothing parsed yet."""
 
-    client: str | None
-    started: float = field(default_factory=time.perf_counter)
-    decision_id: str = field(default_factory=new_decision_id)
-    outcome: str = "invalid"
-    error: str | None = None
-    subject: str | None = None
-    kind: str | None = None
-    region: str | None = None
-    audience: tuple[str, ...] = ()
-    resource: tuple[str, ...] = ()
-    scope: tuple[str, ...] = ()
-    granted_audience: tuple[str, ...] = ()
-    granted_scope: tuple[str, ...] = ()
-    ttl: int | None = None
-    jti: str | None = None
-    reasons: tuple[str, ...] = ()
+    client: str | None  # the remote address
+    query: str
+    content_type: str | None
+    content_length: str | None
+    body: AsyncIterable[bytes]
 
-    def refused(self, error: OAuthError) -> None:
-        self.outcome = error.outcome
-        self.error = error.error
-        if error.detail and error.detail != error.description:
-            self.reasons = self.reasons + (error.detail,) if error.detail not in self.reasons else self.reasons
 
-    def record(self, now: float) -> dict[str, Any]:
-        return {
-            "ts": audit_timestamp(now),
-            "decision_id": self.decision_id,
-            "outcome": self.outcome,
-            "error": self.error,
-            "subject": self.subject,
-            "kind": self.kind,
-            "region": self.region,
-            "client": self.client,
-            "audience": list(self.audience),
-            "resource": list(self.resource),
-            "scope": list(self.scope),
-            "granted_audience": list(self.granted_audience),
-            "granted_scope": list(self.granted_scope),
-            "ttl": self.ttl,
-            "jti": self.jti,
-            "reasons": list(self.reasons),
-            "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
-        }
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A minted credential: the RFC 8693 §2.2.1 response, its lifetime and its id."""
+
+    response: dict[str, Any]
+    ttl: int
+    jti: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The answer to one exchange and the audit line written for it."""
+
+    status: int
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+    audit: dict[str, Any]
 
 
 class TokenExchange:
@@ -136,52 +131,73 @@ class TokenExchange:
         self.revocations = Revocations(state)
         self.limits = RateLimits(config.rate_limits, state)
 
-    async def exchange(self, request: TokenRequest, entry: AuditEntry, now: float) -> dict[str, Any]:
-        """Run one exchange; returns the RFC 8693 §2.2.1 response body or raises OAuthError."""
-        entry.audience, entry.resource, entry.scope = request.audience, request.resource, request.scope
+    async def handle(self, http: HttpRequest, now: float) -> Outcome:
+        """One POST /token, from its raw parts to the response and the audit line."""
+        started = time.perf_counter()
+        decision_id = new_decision_id()
+        request: TokenRequest | None = None
+        subject: Attestation | None = None
+        decision: Decision | None = None
+        granted: Grant | None = None
+        issued: Issued | None = None
+        error: OAuthError | None = None
+        try:
+            await self.limits.count_client(http.client, now)
+            request = await self.parse(http)
+            subject, actor = await self.attest(request, now)
+            subject, actor = await self.enrich(subject, actor)
+            decision = await self.decide(subject, actor, request, now)
+            granted = self.grant(decision, request)
+            issued = await self.mint(request, subject, actor, decision, granted, now)
+            await self.commit_replay_guards(subject, actor)
+        except OAuthError as refusal:
+            error, issued = refusal, None
+        except Exception:  # noqa: BLE001 — an answer is owed: a 500 without a traceback, logged here
+            log.exception("exchange %s failed unexpectedly", decision_id)
+            error, issued = ServerError("internal error"), None
+        record = audit_record(decision_id, now, started, http.client, request, subject, decision, granted, issued, error)
+        self.audit.write(record)
+        metrics.EXCHANGES.labels(record["outcome"], record["kind"] or "none", record["error"] or "none").inc()
+        metrics.EXCHANGE_SECONDS.observe(record["latency_ms"] / 1000)
+        if error is not None:
+            return Outcome(*error.answer(decision_id), audit=record)
+        assert issued is not None
+        return Outcome(200, issued.response, NO_STORE, record)
+
+    # --- parse ------------------------------------------------------------------------------
+
+    async def parse(self, http: HttpRequest) -> TokenRequest:
+        if http.query:
+            # RFC 6749 §3.2 puts the parameters in the body; tokens in URLs end up in logs.
+            raise InvalidRequest("parameters must be sent in the request body")
+        request = parse_token_request(http.content_type, await read_form_body(http.content_length, http.body))
         if not self.attestors.accepts(request.subject_token_type):
             raise InvalidRequest("subject_token_type not enabled on this server")
+        return request
 
-        subject = await self.attest("subject_token", request.subject_token_type, request.subject_token, now)
-        entry.subject, entry.kind, entry.region = subject.subject, subject.kind, subject.region
+    # --- attest -----------------------------------------------------------------------------
+
+    async def attest(self, request: TokenRequest, now: float) -> tuple[Attestation, Attestation | None]:
+        """The subject (and actor) token verified; the subject counted against its rate
+        limit and both checked against the operator's revocations."""
+        subject = await self.verify("subject_token", request.subject_token_type, request.subject_token, now)
         await self.limits.count_subject(subject.subject, now)
         await self.refuse_revoked("subject", subject.subject)
         actor = None
         if request.actor_token is not None:
             assert request.actor_token_type is not None
-            actor = await self.attest("actor_token", request.actor_token_type, request.actor_token, now)
+            actor = await self.verify("actor_token", request.actor_token_type, request.actor_token, now)
             await self.refuse_revoked("actor", actor.subject)
+        return subject, actor
 
-        subject = await self.enrich("subject_token", subject)
-        if actor is not None:
-            # The actor's pod must exist and run too: a leaked token of a deleted pod is no actor.
-            actor = await self.enrich("actor_token", actor)
-        decision = await self.decide(subject, actor, request, now)
-        entry.reasons = decision.reasons
-        aws_credentials = request.requested_token_type == TOKEN_TYPE_AWS_CREDENTIALS
-        granted = grant(decision, request.scope, request.targets, require_audience=not aws_credentials)
-        if not aws_credentials:  # STS credentials carry no audience; a JWT's is never the reserved one
-            refuse_reserved_grant(granted.audience)
-        entry.granted_scope, entry.granted_audience = granted.scope, granted.audience
-
-        if aws_credentials:
-            response = await self.mint_aws_credentials(subject, actor, decision, entry, now)
-        else:
-            response = self.mint(request, subject, actor, decision, granted, entry, now)
-        await self.commit_replay_guards(subject, actor)
-        entry.outcome = "issued"
-        return response
-
-    async def attest(self, parameter: str, token_type: str, token: str, now: float) -> Attestation:
+    async def verify(self, parameter: str, token_type: str, token: str, now: float) -> Attestation:
         started = time.perf_counter()
         try:
             return await self.attestors.verify(token_type, token, now)
         except InvalidEvidence as error:
             raise InvalidRequest(f"{parameter} invalid: {error}") from None
         except EvidenceUnavailable as error:
-            raise TemporarilyUnavailable(
-                f"cannot verify the {parameter} right now", detail=f"{parameter}: {error}"
-            ) from None
+            raise TemporarilyUnavailable(f"cannot verify the {parameter} right now", detail=f"{parameter}: {error}") from None
         finally:
             metrics.ATTEST_SECONDS.observe(metrics.since(started))
 
@@ -194,7 +210,14 @@ class TokenExchange:
         if revoked:
             raise PolicyDenied("the exchange is not permitted", detail=f"{role} {subject} is revoked (chit revoke --subject)")
 
-    async def enrich(self, parameter: str, attestation: Attestation) -> Attestation:
+    # --- enrich -----------------------------------------------------------------------------
+
+    async def enrich(self, subject: Attestation, actor: Attestation | None) -> tuple[Attestation, Attestation | None]:
+        """Platform API checks and facts (pod lookup, instance state); for the actor too:
+        a leaked token of a deleted pod is no actor."""
+        return await self._enrich("subject_token", subject), None if actor is None else await self._enrich("actor_token", actor)
+
+    async def _enrich(self, parameter: str, attestation: Attestation) -> Attestation:
         try:
             return await self.attestors.enrich(attestation)
         except InvalidEvidence as error:
@@ -202,9 +225,11 @@ class TokenExchange:
         except EvidenceUnavailable as error:
             raise TemporarilyUnavailable("cannot verify the workload right now", detail=f"{parameter}: {error}") from None
 
-    async def decide(
-        self, subject: Attestation, actor: Attestation | None, request: TokenRequest, now: float
-    ) -> Decision:
+    # --- decide -----------------------------------------------------------------------------
+
+    async def decide(self, subject: Attestation, actor: Attestation | None, request: TokenRequest, now: float) -> Decision:
+        """The policy's decision on the verified facts and the request: evaluation errors
+        and malformed decisions are denials, an engine that cannot answer a 503."""
         request_view = {
             "audience": list(request.audience),
             "resource": list(request.resource),
@@ -229,6 +254,53 @@ class TokenExchange:
             metrics.POLICY_SECONDS.observe(metrics.since(started))
         return parse_decision(value)
 
+    def grant(self, decision: Decision, request: TokenRequest) -> Grant:
+        """What the decision grants for this request (chit.server.grant)."""
+        aws_credentials = request.requested_token_type == TOKEN_TYPE_AWS_CREDENTIALS
+        granted = grant(decision, request.scope, request.targets, require_audience=not aws_credentials)
+        if not aws_credentials:
+            # STS credentials carry no audience: the reservation is about JWTs for STS.
+            refuse_reserved_grant(granted.audience)
+        return granted
+
+    # --- mint -------------------------------------------------------------------------------
+
+    async def mint(
+        self,
+        request: TokenRequest,
+        subject: Attestation,
+        actor: Attestation | None,
+        decision: Decision,
+        granted: Grant,
+        now: float,
+    ) -> Issued:
+        if request.requested_token_type == TOKEN_TYPE_AWS_CREDENTIALS:
+            return await self.mint_aws_credentials(subject, actor, decision, now)
+        ttl = self.lifetime(decision, subject, actor, now=now)
+        started = time.perf_counter()
+        token = mint_jwt(
+            self.signing_key(now),
+            issuer=self.config.issuer,
+            subject=subject.subject,
+            audience=granted.audience,
+            scope=granted.scope,
+            ttl=ttl,
+            now=now,
+            att=subject.att_claim(),
+            actor=None if actor is None else actor.subject,
+            typ=TYP_JWT if request.requested_token_type != TOKEN_TYPE_ACCESS_TOKEN else TYP_ACCESS_TOKEN,
+        )
+        metrics.SIGN_SECONDS.observe(metrics.since(started))
+        response: dict[str, Any] = {
+            "access_token": token.token,
+            "issued_token_type": request.requested_token_type,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+        }
+        if granted.scope:
+            response["scope"] = " ".join(granted.scope)
+        return Issued(response, ttl, token.jti)
+
     def lifetime(self, decision: Decision, *evidence: Attestation | None, now: float) -> int:
         """min(decision ttl, configured ttl, 900, the evidence's remaining lifetime)."""
         ttl = min(decision.ttl or MAX_TOKEN_TTL, self.config.tokens.ttl_seconds, MAX_TOKEN_TTL)
@@ -239,68 +311,29 @@ class TokenExchange:
             raise InvalidRequest("subject_token expires too soon to back a credential")
         return ttl
 
-    def mint(
-        self,
-        request: TokenRequest,
-        subject: Attestation,
-        actor: Attestation | None,
-        decision: Decision,
-        granted: Grant,
-        entry: AuditEntry,
-        now: float,
-    ) -> dict[str, Any]:
-        ttl = self.lifetime(decision, subject, actor, now=now)
-        key = self.signing_key(now)
-        jwt_requested = request.requested_token_type != TOKEN_TYPE_ACCESS_TOKEN
-        started = time.perf_counter()
-        issued = mint_jwt(
-            key,
-            issuer=self.config.issuer,
-            subject=subject.subject,
-            audience=granted.audience,
-            scope=granted.scope,
-            ttl=ttl,
-            now=now,
-            att=subject.att_claim(),
-            actor=None if actor is None else actor.subject,
-            typ=TYP_JWT if jwt_requested else TYP_ACCESS_TOKEN,
-        )
-        metrics.SIGN_SECONDS.observe(metrics.since(started))
-        entry.ttl, entry.jti = ttl, issued.jti
-        response: dict[str, Any] = {
-            "access_token": issued.token,
-            "issued_token_type": request.requested_token_type,
-            "token_type": "Bearer",
-            "expires_in": ttl,
-        }
-        if granted.scope:
-            response["scope"] = " ".join(granted.scope)
-        return response
-
     def signing_key(self, now: float) -> SigningKey:
         key = self.keys.signing_key(now)
         if key is None:
             raise TemporarilyUnavailable("no signing key is active", detail=f"no active key in {self.keys.keys_dir}")
         return key
 
-    async def mint_aws_credentials(
-        self, subject: Attestation, actor: Attestation | None, decision: Decision, entry: AuditEntry, now: float
-    ) -> dict[str, Any]:
+    async def mint_aws_credentials(self, subject: Attestation, actor: Attestation | None, decision: Decision, now: float) -> Issued:
         """STS credentials for the decision's role; they last 900 s (DESIGN.md "Minted
         lifetime": AWS's minimum is chit's maximum), so a shorter decision ttl refuses them."""
         if decision.aws is None:
             raise PolicyDenied("the exchange is not permitted", detail="aws-credentials requested; decision.aws.role_arn absent")
         if decision.ttl is not None and decision.ttl < STS_DURATION_SECONDS:
             raise PolicyDenied(
-                "the exchange is not permitted",
-                detail=f"decision.ttl {decision.ttl} s is under the 900 s AWS credentials last",
+                "the exchange is not permitted", detail=f"decision.ttl {decision.ttl} s is under the 900 s AWS credentials last"
             )
         if self.config.tokens.ttl_seconds < STS_DURATION_SECONDS:
             # The operator's cap holds for every credential chit hands out.
             raise InvalidRequest("aws-credentials are not available: tokens.ttl_seconds is under 900")
-
-        def web_identity_token(claims: dict[str, Any]) -> str:
-            return mint_jwt(
+        session = self.sts.session(decision.aws, subject, actor)
+        web_identity_token = None
+        if session.web_identity_claims is not None:
+            # chit's own JWT for STS: the only token ever minted for the reserved audience.
+            web_identity_token = mint_jwt(
                 self.signing_key(now),
                 issuer=self.config.issuer,
                 subject=subject.subject,
@@ -310,21 +343,20 @@ class TokenExchange:
                 now=now,
                 att=subject.att_claim(),
                 typ=TYP_JWT,
-                extra_claims=claims,
+                extra_claims=session.web_identity_claims,
             ).token
-
-        credentials = await self.sts.credentials(decision.aws, subject, actor, web_identity_token)
+        credentials = await self.sts.assume(session, web_identity_token)
         expires_in = max(1, min(STS_DURATION_SECONDS, round(credentials.expiration.timestamp() - now)))
-        # The access key id is not secret (CloudTrail logs it with every call made
-        # with these credentials): as the credential's id it links audit and CloudTrail.
-        entry.ttl, entry.jti = expires_in, credentials.access_key_id
-        return {
+        response = {
             "access_token": credentials.session_token,
             "issued_token_type": TOKEN_TYPE_AWS_CREDENTIALS,
             "token_type": "N_A",
             "expires_in": expires_in,
             "aws_credentials": credentials.credential_process(),
         }
+        # The access key id is not secret (CloudTrail logs it with every call made
+        # with these credentials): as the credential's id it links audit and CloudTrail.
+        return Issued(response, expires_in, credentials.access_key_id)
 
     async def commit_replay_guards(self, *attestations: Attestation | None) -> None:
         for attestation in attestations:
@@ -342,3 +374,44 @@ class TokenExchange:
         await self.signatures.close()
         await self.state.close()
         self.audit.close()
+
+
+# --- audit --------------------------------------------------------------------------------------
+
+
+def audit_record(
+    decision_id: str,
+    now: float,
+    started: float,
+    client: str | None,
+    request: TokenRequest | None,
+    subject: Attestation | None,
+    decision: Decision | None,
+    granted: Grant | None,
+    issued: Issued | None,
+    error: OAuthError | None,
+) -> dict[str, Any]:
+    """The audit line of one exchange (DESIGN.md "Audit log"), from what its steps
+    returned before it ended: never a token, a signature or an AWS secret."""
+    reasons = decision.reasons if decision is not None else ()
+    if error is not None and error.detail != error.description and error.detail not in reasons:
+        reasons = (*reasons, error.detail)
+    return {
+        "ts": audit_timestamp(now),
+        "decision_id": decision_id,
+        "outcome": "issued" if error is None else error.outcome,
+        "error": None if error is None else error.error,
+        "subject": None if subject is None else subject.subject,
+        "kind": None if subject is None else subject.kind,
+        "region": None if subject is None else subject.region,
+        "client": client,
+        "audience": [] if request is None else list(request.audience),
+        "resource": [] if request is None else list(request.resource),
+        "scope": [] if request is None else list(request.scope),
+        "granted_audience": [] if granted is None else list(granted.audience),
+        "granted_scope": [] if granted is None else list(granted.scope),
+        "ttl": None if issued is None else issued.ttl,
+        "jti": None if issued is None else issued.jti,
+        "reasons": list(reasons),
+        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+    }

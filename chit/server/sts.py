@@ -26,7 +26,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from chit.attestors.base import Attestation
 from chit.aws import AwsClients, AwsRefused, AwsUnavailable
@@ -117,6 +117,16 @@ def web_identity_claims(tags: Mapping[str, str], transitive: list[str]) -> dict[
     }
 
 
+@dataclass(frozen=True, slots=True)
+class StsSession:
+    """One AssumeRole (or AssumeRoleWithWebIdentity) call: its parameters, and in
+    web_identity mode the claims of the JWT chit signs for STS to read."""
+
+    operation: str
+    parameters: dict[str, Any]
+    web_identity_claims: dict[str, Any] | None = None
+
+
 class StsIssuer:
     """Calls STS; every failure becomes the OAuth error the exchange answers with."""
 
@@ -124,15 +134,8 @@ class StsIssuer:
         self.config = config
         self.clients = clients
 
-    async def credentials(
-        self,
-        grant: AwsGrant,
-        subject: Attestation,
-        actor: Attestation | None,
-        web_identity_token: Callable[[dict[str, Any]], str],
-    ) -> AwsCredentials:
-        """Credentials for `grant.role_arn`, named and tagged after `subject`;
-        `web_identity_token(claims)` signs chit's JWT for STS (web_identity mode)."""
+    def session(self, grant: AwsGrant, subject: Attestation, actor: Attestation | None) -> StsSession:
+        """The call for `grant.role_arn`, named and tagged after `subject`."""
         own = chit_tags(subject, actor)
         tags = session_tags(grant, own)
         transitive = list(own)  # chit's tags survive role chaining; the policy's are its business
@@ -144,11 +147,18 @@ class StsIssuer:
         if grant.session_policy is not None:
             parameters["Policy"] = json.dumps(grant.session_policy, separators=(",", ":"))
         if self.config.sts_mode == "web_identity":
-            parameters["WebIdentityToken"] = web_identity_token(web_identity_claims(tags, transitive))
-            return await self._call("assume_role_with_web_identity", parameters, unsigned=True)
+            return StsSession("assume_role_with_web_identity", parameters, web_identity_claims(tags, transitive))
         parameters["Tags"] = [{"Key": key, "Value": value} for key, value in tags.items()]
         parameters["TransitiveTagKeys"] = transitive
-        return await self._call("assume_role", parameters)
+        return StsSession("assume_role", parameters)
+
+    async def assume(self, session: StsSession, web_identity_token: str | None = None) -> AwsCredentials:
+        """Credentials from STS; `web_identity_token` is chit's JWT carrying the session's
+        web-identity claims (web_identity mode, where the call is unsigned)."""
+        if session.web_identity_claims is None:
+            return await self._call(session.operation, session.parameters)
+        assert web_identity_token is not None, "web_identity mode needs chit's JWT for STS"
+        return await self._call(session.operation, {**session.parameters, "WebIdentityToken": web_identity_token}, unsigned=True)
 
     async def _call(self, operation: str, parameters: dict[str, Any], *, unsigned: bool = False) -> AwsCredentials:
         try:

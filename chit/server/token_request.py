@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import AsyncIterable
 from urllib.parse import parse_qsl, urlsplit
+
+from chit.bounded import BodyTooLarge, read_bounded
 
 from chit.protocol import (
     GRANT_TYPE_TOKEN_EXCHANGE,
@@ -14,7 +17,7 @@ from chit.protocol import (
     TOKEN_TYPE_AWS_IID,
     TOKEN_TYPE_JWT,
 )
-from chit.server.errors import InvalidRequest, InvalidScope, InvalidTarget, UnsupportedGrantType
+from chit.server.errors import InvalidRequest, InvalidScope, InvalidTarget, RequestTooLarge, UnsupportedGrantType
 from chit.server.reserved_audience import is_reserved_audience
 
 
@@ -58,6 +61,19 @@ class TokenRequest:
     @property
     def targets(self) -> tuple[str, ...]:
         return self.audience + self.resource
+
+
+async def read_form_body(content_length: str | None, body: AsyncIterable[bytes], limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused (413) once over `limit`, before it is all in memory."""
+    if content_length is not None:
+        if not (content_length.isascii() and content_length.isdigit()):
+            raise InvalidRequest("invalid Content-Length")
+        if int(content_length) > limit:
+            raise RequestTooLarge(f"request body over {limit} bytes")
+    try:
+        return await read_bounded(body, limit)
+    except BodyTooLarge:
+        raise RequestTooLarge(f"request body over {limit} bytes") from None
 
 
 def _form_fields(content_type: str | None, body: bytes) -> dict[str, list[str]]:
