@@ -144,7 +144,9 @@ class TokenExchange:
         try:
             await self.limits.count_client(http.client, now)
             request = await self.parse(http)
-            subject, actor = await self.attest(request, now)
+            subject = await self.attest("subject_token", request.subject_token_type, request.subject_token, now)
+            await self.admit("subject", subject, now)
+            actor = await self.attest_actor(request, now)
             subject, actor = await self.enrich(subject, actor)
             decision = await self.decide(subject, actor, request, now)
             granted = self.grant(decision, request)
@@ -177,20 +179,8 @@ class TokenExchange:
 
     # --- attest -----------------------------------------------------------------------------
 
-    async def attest(self, request: TokenRequest, now: float) -> tuple[Attestation, Attestation | None]:
-        """The subject (and actor) token verified; the subject counted against its rate
-        limit and both checked against the operator's revocations."""
-        subject = await self.verify("subject_token", request.subject_token_type, request.subject_token, now)
-        await self.limits.count_subject(subject.subject, now)
-        await self.refuse_revoked("subject", subject.subject)
-        actor = None
-        if request.actor_token is not None:
-            assert request.actor_token_type is not None
-            actor = await self.verify("actor_token", request.actor_token_type, request.actor_token, now)
-            await self.refuse_revoked("actor", actor.subject)
-        return subject, actor
-
-    async def verify(self, parameter: str, token_type: str, token: str, now: float) -> Attestation:
+    async def attest(self, parameter: str, token_type: str, token: str, now: float) -> Attestation:
+        """A subject or actor token verified by its attestor: the facts where the workload runs."""
         started = time.perf_counter()
         try:
             return await self.attestors.verify(token_type, token, now)
@@ -200,6 +190,22 @@ class TokenExchange:
             raise TemporarilyUnavailable(f"cannot verify the {parameter} right now", detail=f"{parameter}: {error}") from None
         finally:
             metrics.ATTEST_SECONDS.observe(metrics.since(started))
+
+    async def admit(self, role: str, attestation: Attestation, now: float) -> None:
+        """The subject's rate limit (DESIGN.md "Rate limits": requests that attest count
+        against their subject), and the operator's revocations for subject and actor."""
+        if role == "subject":
+            await self.limits.count_subject(attestation.subject, now)
+        await self.refuse_revoked(role, attestation.subject)
+
+    async def attest_actor(self, request: TokenRequest, now: float) -> Attestation | None:
+        """RFC 8693 §2.1 `actor_token`: the party acting for the subject (delegation)."""
+        if request.actor_token is None:
+            return None
+        assert request.actor_token_type is not None
+        actor = await self.attest("actor_token", request.actor_token_type, request.actor_token, now)
+        await self.admit("actor", actor, now)
+        return actor
 
     async def refuse_revoked(self, role: str, subject: str) -> None:
         """`chit revoke --subject`: the operator's kill switch holds until lifted."""
