@@ -22,19 +22,17 @@ service can keep an expired credential on disk or delay the exit on SIGTERM.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import queue
 import random
 import signal
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from chit.attestors.base import CollectionFailed, Collector, PlatformAbsent
+from chit.files import remove_file, write_private_file
 from chit.agent.exchange import ExchangeError, ExchangeRequest, IssuedCredential, TokenEndpoint, render
 
 log = logging.getLogger("chit.agent")
@@ -60,28 +58,6 @@ class KeptFile:
     expires_at: float | None = None  # of the credential on disk; None: no file
     due: float = 0.0  # next renewal attempt
     failures: int = 0
-
-
-def write_private_file(path: Path, text: str) -> None:
-    """Replace `path` atomically with `text`, readable by its owner alone (0600)."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(descriptor, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
-def remove_file(path: Path) -> bool:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def backoff(failures: int, rng: random.Random) -> float:

@@ -184,18 +184,37 @@ def _log_config() -> dict:
 
 
 def cmd_dev_token(args: argparse.Namespace) -> None:
+    """A development token on stdout, or in `--output FILE` (0600, atomic, without the
+    trailing newline a token file must not have: google-auth reads it verbatim)."""
+    from chit.attestors.kubernetes.claims import DNS_LABEL, DNS_SUBDOMAIN
+    from chit.files import write_private_file
     from chit.server.dev import dev_token
 
-    print(
-        dev_token(
-            Path(args.state_dir),
-            namespace=args.namespace,
-            service_account=args.service_account,
-            pod=args.pod,
-            audience=args.audience,
-            ttl=args.ttl,
-        )
+    # The names the server checks in every projected token: refused here, not at the exchange.
+    for option, value, pattern, what in (
+        ("--namespace", args.namespace, DNS_LABEL, "a DNS label (lowercase letters, digits, '-'; at most 63)"),
+        ("--service-account", args.service_account, DNS_SUBDOMAIN, "a DNS subdomain (lowercase letters, digits, '-', '.')"),
+        ("--pod", args.pod, DNS_SUBDOMAIN, "a DNS subdomain (lowercase letters, digits, '-', '.')"),
+    ):
+        if value is not None and not pattern.fullmatch(value):
+            fail(f"{option} {value!r} is not {what}: chit would refuse the token")
+    if not 0 < args.ttl <= 86400:
+        fail(f"--ttl {args.ttl}: must be 1 to 86400 seconds (attestors.kubernetes.max_token_lifetime_seconds)")
+    token = dev_token(
+        Path(args.state_dir),
+        namespace=args.namespace,
+        service_account=args.service_account,
+        pod=args.pod,
+        audience=args.audience,
+        ttl=args.ttl,
     )
+    if args.output is None:
+        print(token)
+        return
+    try:
+        write_private_file(Path(args.output), token)
+    except OSError as error:
+        fail(f"cannot write {args.output}: {error.strerror}")
 
 
 # --- chit keys ----------------------------------------------------------------------
@@ -429,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--audience", default="chit")
     token.add_argument("--ttl", type=int, default=3600)
     token.add_argument("--state-dir", default=".chit")
+    token.add_argument("--output", metavar="FILE", help="write the token to FILE (mode 0600, no trailing newline) instead of stdout")
     token.set_defaults(handler=cmd_dev_token)
 
     keys = commands.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)

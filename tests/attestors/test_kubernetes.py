@@ -10,7 +10,6 @@ import json
 import time
 from pathlib import Path
 
-import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization

@@ -4,7 +4,6 @@ and its operators need — checked object by object."""
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess

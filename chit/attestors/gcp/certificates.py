@@ -13,7 +13,7 @@ import google.auth.jwt
 import httpx
 from cryptography import x509
 
-from chit.attestors.base import EvidenceUnavailable, InvalidEvidence, printable
+from chit.attestors.base import EvidenceUnavailable, InvalidEvidence
 from chit.attestors.gcp.freshness import freshness_lifetime
 from chit.attestors.jose import LEEWAY_SECONDS, algorithm_for_key, unusable_key_reason
 from chit.attestors.jwks import RemoteKeySource, SkippedKeys, VerificationKey, fetch_json_response

@@ -14,8 +14,8 @@ from chit.attestors.base import InvalidEvidence
 
 # Names Kubernetes itself allows (RFC 1123 label / subdomain); they become SPIFFE
 # path segments, so nothing else (no '/', no '..') may pass.
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _LEGACY_CLAIM_PREFIX = "kubernetes.io/serviceaccount/"
 
@@ -48,13 +48,13 @@ def pod_identity(claims: Mapping[str, Any]) -> PodIdentity:
     if not isinstance(k8s, dict):
         raise InvalidEvidence("claim kubernetes.io missing: only projected service-account tokens are accepted")
     namespace = k8s.get("namespace")
-    if not isinstance(namespace, str) or not _DNS_LABEL.fullmatch(namespace):
+    if not isinstance(namespace, str) or not DNS_LABEL.fullmatch(namespace):
         raise InvalidEvidence("claim kubernetes.io.namespace missing or malformed")
-    service_account, _ = _named_object(k8s.get("serviceaccount"), "serviceaccount", _DNS_SUBDOMAIN)
-    pod_name, pod_uid = _named_object(k8s.get("pod"), "pod", _DNS_SUBDOMAIN)
+    service_account, _ = _named_object(k8s.get("serviceaccount"), "serviceaccount", DNS_SUBDOMAIN)
+    pod_name, pod_uid = _named_object(k8s.get("pod"), "pod", DNS_SUBDOMAIN)
     node_name = None
     if "node" in k8s:
-        node_name, _ = _named_object(k8s["node"], "node", _DNS_SUBDOMAIN)
+        node_name, _ = _named_object(k8s["node"], "node", DNS_SUBDOMAIN)
     if claims.get("sub") != f"system:serviceaccount:{namespace}:{service_account}":
         raise InvalidEvidence("claim sub does not match the service account")
     return PodIdentity(namespace, service_account, pod_name, pod_uid, node_name)
