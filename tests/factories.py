@@ -1924,3 +1924,17 @@ class RedisServer:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class KeySourceClock:
+    """The key sources' clock (chit.attestors.jwks), advanced by hand: the refetch
+    interval and the freshness of cached keys pass without waiting for them."""
+
+    def __init__(self, monkeypatch: Any) -> None:
+        import chit.attestors.jwks
+
+        self.now = 1000.0
+        monkeypatch.setattr(chit.attestors.jwks, "_clock", lambda: self.now)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

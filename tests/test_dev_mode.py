@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.factories import ROOT, TOKEN_EXCHANGE, JWT_TYPE, ChitServer, assert_refused, free_port
 
@@ -69,3 +70,41 @@ def test_dev_token_without_a_dev_server_says_what_to_do(tmp_path: Path) -> None:
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
     )
     assert result.returncode != 0 and "chit serve --dev" in result.stderr
+
+
+def dev_token(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "chit", "dev", "token", *args], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+
+
+def test_dev_token_output_file_holds_the_token_alone(tmp_path: Path) -> None:
+    """google-auth and the LLM SDKs read a token file verbatim: no trailing newline, owner only."""
+    from chit.server.dev import prepare_dev_issuer
+
+    prepare_dev_issuer(tmp_path / ".chit")
+    result = dev_token(tmp_path, "--namespace", "demo", "--service-account", "agent", "--output", "token.jwt")
+    assert result.returncode == 0 and result.stdout == "", result.stderr
+    written = (tmp_path / "token.jwt").read_bytes()
+    assert written.count(b".") == 2 and not written.endswith(b"\n") and written == written.strip()
+    assert oct((tmp_path / "token.jwt").stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--namespace", "Demo"), ("--namespace", "demo/../kube-system"), ("--service-account", "agent_1"), ("--pod", "pod name"), ("--ttl", "0")],
+)
+def test_dev_token_refuses_what_the_server_would_refuse(tmp_path: Path, option: str, value: str) -> None:
+    from chit.server.dev import prepare_dev_issuer
+
+    prepare_dev_issuer(tmp_path / ".chit")
+    arguments = {"--namespace": "demo", "--service-account": "agent", option: value}
+    result = dev_token(tmp_path, *[word for pair in arguments.items() for word in pair])
+    assert result.returncode == 2 and option in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+def test_version() -> None:
+    import chit
+
+    result = subprocess.run([sys.executable, "-m", "chit", "--version"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0 and result.stdout.strip() == f"chit {chit.__version__}" != "chit 0+unknown"

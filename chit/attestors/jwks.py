@@ -32,6 +32,9 @@ from chit.urls import require_safe_url
 
 log = logging.getLogger("chit.jwks")
 
+# The key sources' clock: refetch intervals and freshness are measured on it (tests advance it).
+_clock = time.monotonic
+
 REFETCH_INTERVAL = 30.0  # at most one fetch per source per 30 s on unknown kids or failures
 REFRESH_AFTER = 300.0  # known keys are refreshed in the background after 5 minutes
 FETCH_TIMEOUT = 5.0
@@ -182,7 +185,7 @@ class FileKeySource(KeySource):
                 raise EvidenceUnavailable("issuer keys cannot be read") from None
 
     async def key(self, kid: str | None) -> VerificationKey:
-        now = time.monotonic()
+        now = _clock()
         if self._mtime is None or now - self._checked >= self.CHECK_INTERVAL:
             self._checked = now
             self._load()
@@ -306,7 +309,7 @@ class RemoteKeySource(KeySource):
 
     def _start_fetch(self) -> asyncio.Future[None]:
         if self._inflight is None:
-            self._attempted_at = time.monotonic()
+            self._attempted_at = _clock()
             self._inflight = asyncio.ensure_future(self._guarded_fetch())
             self._inflight.add_done_callback(self._fetched)
         return self._inflight
@@ -320,7 +323,7 @@ class RemoteKeySource(KeySource):
             self._last_error = str(error or "cancelled")
             log.warning("keys of %s could not be fetched: %s", self.label, self._last_error)
         else:
-            self._fetched_at = time.monotonic()
+            self._fetched_at = _clock()
 
     async def _await_fetch(self) -> None:
         """Wait for the (single, shared) fetch; its failure is recorded, not raised."""
@@ -330,7 +333,7 @@ class RemoteKeySource(KeySource):
             pass
 
     async def key(self, kid: str | None) -> VerificationKey:
-        now = time.monotonic()
+        now = _clock()
         may_fetch = now - self._attempted_at >= REFETCH_INTERVAL
         known = self._keys is not None and select_key(self._keys, kid) is not None
         if self._inflight is not None and not known:

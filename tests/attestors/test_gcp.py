@@ -8,6 +8,7 @@ Engine API's instances.get."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -23,10 +24,11 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from chit.attestors.base import CollectionFailed, PlatformAbsent
+from chit.attestors.base import CollectionFailed, EvidenceUnavailable, PlatformAbsent
 from chit.protocol import TOKEN_TYPE_JWT
 from chit.attestors.gcp.collector import GcpCollector
 from tests.factories import (
+    KeySourceClock,
     DROP,
     GOOGLE_ISSUER,
     ChitServer,
@@ -503,33 +505,45 @@ def test_unusable_certificates_are_never_a_token(tmp_path: Path, documents: Docu
         server.stop()
 
 
-def test_stale_certificates_are_refetched_and_keep_working_when_google_is_down(tmp_path: Path, documents: DocumentServer, google: GoogleSigner) -> None:
+def test_stale_certificates_are_refetched_and_keep_working_when_google_is_down(documents: DocumentServer, google: GoogleSigner, monkeypatch: pytest.MonkeyPatch) -> None:
     """`Cache-Control: no-cache`: stale at once, so refetched (at most once per 30 s);
-    when that refetch fails, the cached certificates keep working."""
+    when that refetch fails, the cached certificates keep working. In process, with
+    the certificate cache's clock in hand."""
+    from chit.attestors.gcp.certificates import GoogleCertificates
+    from chit.attestors.jwks import http_client
+
+    clock = KeySourceClock(monkeypatch)
     path = "/google-no-cache/certs"
     documents.serve(path, google.certs)
     documents.headers[path] = {"Cache-Control": "no-cache"}
-    policy = copy_policy(tmp_path / "policy", GCP_BINDINGS)
-    server = gcp_server(tmp_path / "chit", documents, path, policy=policy, audiences=[AUDIENCE]).start()
-    try:
-        assert_issued(server.exchange(google.token()))
-        fetched = time.monotonic()
-        assert documents.hits[path] == 1
-        assert_issued(server.exchange(google.token(instance=unique_instance())))
-        assert documents.hits[path] == 1  # within 30 s of the last fetch
-        documents.failures[path] = 503
-        time.sleep(max(0.0, 31 - (time.monotonic() - fetched)))
-        assert_issued(server.exchange(google.token(instance=unique_instance())))  # answered from the cache
-        deadline = time.time() + 10
-        while documents.hits[path] < 2:  # the refresh runs beside the exchange
-            assert time.time() < deadline, "stale certificates were not refetched"
-            time.sleep(0.1)
-        assert_issued(server.exchange(google.token(instance=unique_instance())))
-        # A kid that cannot be checked while Google is down: 503, never a token.
-        assert_refused(server.exchange(google.token(kid=uuid.uuid4().hex)), status=503, error="temporarily_unavailable")
-    finally:
-        documents.failures.pop(path, None)
-        server.stop()
+    kid = next(iter(google.certs()))
+
+    async def scenario() -> None:
+        certificates = GoogleCertificates(documents.url(path), http_client())
+        try:
+            assert (await certificates.certificate(kid)).kid == kid
+            assert documents.hits[path] == 1
+            clock.advance(20)
+            await certificates.certificate(kid)
+            assert documents.hits[path] == 1  # within 30 s of the last fetch
+            documents.failures[path] = 503
+            clock.advance(11)
+            assert (await certificates.certificate(kid)).kid == kid  # answered from the cache …
+            for _ in range(100):  # … while the refresh runs beside it
+                if documents.hits[path] == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert documents.hits[path] == 2, "stale certificates were not refetched"
+            assert (await certificates.certificate(kid)).kid == kid  # the failed refresh kept them
+            # A kid that cannot be checked while Google is down: unavailable (503), never accepted.
+            clock.advance(31)
+            with pytest.raises(EvidenceUnavailable):
+                await certificates.certificate(uuid.uuid4().hex)
+        finally:
+            documents.failures.pop(path, None)
+            await certificates.close()
+
+    asyncio.run(scenario())
 
 
 # --- allowlist and single use --------------------------------------------------------------

@@ -160,6 +160,7 @@ def test_every_shipped_rego_test_passes_on_both_engines(shipped_opa: OpaStandIn)
     assert verdicts(embedded.stdout) == verdicts(opa.stdout)
     assert len(verdicts(opa.stdout)) >= 27 and set(verdicts(opa.stdout).values()) == {"PASS"}
     assert "data.chit_constraints_test.test_window_across_midnight" in verdicts(opa.stdout)
+    assert "PASS: data.chit_test.test_bound_workload_is_allowed" in embedded.stdout and "FAIL" not in embedded.stdout
 
 
 def test_explanations_agree(tmp_path: Path, shipped_opa: OpaStandIn) -> None:
