@@ -64,7 +64,8 @@ def test_the_agent_imports_only_the_standard_library(agent_env: Path) -> None:
     code = (
         "import sys, chit.cli, chit.agent.cli, chit.agent.sidecar\n"
         "import chit.attestors.kubernetes.collector, chit.attestors.aws_iid.collector, chit.attestors.gcp.collector\n"
-        "third = sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names) - {'chit'})\n"
+        # __main__ is this script, _distutils_hack the .pth hook setuptools puts in every virtualenv.
+        "third = sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names) - {'chit', '__main__', '_distutils_hack'})\n"
         "server = sorted(m for m in sys.modules if m.startswith(('chit.server', 'chit.policy', 'chit.state')))\n"
         "print(third, server)\n"
     )
