@@ -1,7 +1,7 @@
 # chit's shipped policy: default deny; grants come from the bindings in data.
 #
-# input and decision follow DESIGN.md "Policy contract"; the data layout and
-# how to extend and test this policy are in policies/README.md.
+# input and decision follow docs/reference/policy-contract.md; the data layout and
+# how to extend and test this policy are in docs/policy/writing.md and testing.md.
 package chit
 
 import rego.v1
