@@ -1,4 +1,4 @@
-"""The names of chit's protocol that both sides use (DESIGN.md "POST /token — request").
+"""The names of chit's protocol that both sides use (docs/reference/http-api.md "POST /token — request").
 
 RFC 8693 §3 registers the token type URNs `urn:ietf:params:oauth:token-type:*`;
 the `urn:chit:…` ones are chit's own. The agent writes them, the server reads

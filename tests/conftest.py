@@ -45,7 +45,7 @@ TEST_BINDINGS = {
                     "short-lived": {"scope": ["read:db"], "audience": ["https://db.internal"], "ttl": 120},
                     "eu-only": {"scope": ["read:db"], "audience": ["https://db.internal"], "regions": ["eu-west-1"]},
                     "no-audience": {"scope": ["read:db"], "audience": []},
-                    # DESIGN.md "Reserved audience": policies that list it; chit never grants it.
+                    # docs/reference/http-api.md "Reserved audience": policies that list it; chit never grants it.
                     "sts-only": {"scope": ["read:db"], "audience": ["sts.amazonaws.com"]},
                     "sts-first": {"scope": ["read:db"], "audience": ["sts.amazonaws.com", "https://db.internal"]},
                     "sts-url": {"scope": ["read:db"], "audience": ["https://STS.amazonaws.com/"]},

@@ -201,6 +201,17 @@ def test_nothing_refers_to_the_contract_outside_the_repository() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_code_and_configuration_cite_the_contract_in_the_repository() -> None:
+    """Docstrings and comments name docs/reference, not a file beside the repository."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "chit", "tests", "policies", "deploy", "Dockerfile", "pyproject.toml"],
+                             capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
+    files = [ROOT / name for name in tracked if name != "tests/test_docs.py" and name.endswith((".py", ".rego", ".yaml", ".toml", ".md", "Dockerfile"))]
+    problems = forbidden_text_problems([f for f in files if f.is_file()])
+    assert not problems, "\n".join(problems)
+
+
 def test_every_docs_page_is_reachable_from_the_index() -> None:
     unreachable = unreachable_pages()
     assert not unreachable, f"not reachable from docs/README.md: {unreachable}"

@@ -51,10 +51,13 @@ def _server_url(value: str) -> str:
 
 
 def _proxy_url(value: str) -> str:
+    """An HTTP proxy, `http://host[:port]`: chit's requests go through it in a CONNECT
+    tunnel (https) or as absolute URIs (http). Credentials in the URL are refused rather
+    than silently not sent."""
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+    if parts.scheme != "http" or not parts.hostname or parts.username is not None or parts.path not in ("", "/") or parts.query or parts.fragment:
         # The URL may hold the proxy's credentials: not repeated here.
-        raise argparse.ArgumentTypeError("not a proxy URL (http[s]://[user:password@]host[:port])")
+        raise argparse.ArgumentTypeError("not a proxy URL of the form http://host[:port] (proxy credentials are not supported)")
     return value
 
 
@@ -99,7 +102,7 @@ def _add_common(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> 
     connection = parser.add_argument_group("connection to chit")
     connection.add_argument("--ca-file", type=Path, metavar="PATH", default=environ.get(CA_FILE_ENV) or environ.get(SSL_CERT_FILE_ENV) or None,
                             help=f"CA certificates (PEM) that chit's TLS certificate must chain to; re-read when it changes "
-                                 f"(default: ${CA_FILE_ENV}, else ${SSL_CERT_FILE_ENV}, else the directory ${SSL_CERT_DIR_ENV}, else the public CAs)")
+                                 f"(default: ${CA_FILE_ENV}, else ${SSL_CERT_FILE_ENV}, else the directory ${SSL_CERT_DIR_ENV}, else the system's CAs)")
     connection.set_defaults(ca_dir=Path(environ[SSL_CERT_DIR_ENV]) if environ.get(SSL_CERT_DIR_ENV) else None)
     connection.add_argument("--proxy", type=_proxy_url, default=environ.get(PROXY_ENV) or None, metavar="URL",
                             help=f"reach chit through this HTTP proxy (default: ${PROXY_ENV}). HTTP_PROXY, HTTPS_PROXY and "

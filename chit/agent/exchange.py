@@ -1,5 +1,5 @@
 """One RFC 8693 token exchange as a client: the form chit's `/token` reads
-(DESIGN.md "POST /token — request"), the credential it answers with, and that
+(docs/reference/http-api.md "POST /token — request"), the credential it answers with, and that
 credential written out in the shapes its consumers read."""
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _expiration(text: Any) -> float:
 
 
 def parse_issued(body: Any, requested_token_type: str, sent_at: float) -> IssuedCredential:
-    """The 200 answer (DESIGN.md "POST /token — success"); ValueError if it is not one."""
+    """The 200 answer (docs/reference/http-api.md "POST /token — success"); ValueError if it is not one."""
     if not isinstance(body, dict):
         raise ValueError("not a JSON object")
     access_token, expires_in = body.get("access_token"), body.get("expires_in")

@@ -45,7 +45,7 @@ class EvidenceUnavailable(Exception):
 
 class ReplayGuard(Protocol):
     """Single-use bookkeeping a verifier asks for, committed only once a credential
-    is issued, so that failed attempts bind nothing (DESIGN.md "AWS nonce")."""
+    is issued, so that failed attempts bind nothing (docs/operators/aws.md "AWS nonce")."""
 
     async def commit(self) -> None:
         """Record the use atomically; raise InvalidEvidence if another exchange won."""
@@ -66,7 +66,7 @@ class Attestation:
     `facts` become `input.attestation` (beside `kind` and `claims`), `att` the
     `att` claim of minted tokens. `expires_at` caps the lifetime of the tokens
     chit mints: a token never outlives its evidence. AWS STS credentials are
-    the exception (DESIGN.md "Minted lifetime"): they always last 900 s, AWS's
+    the exception (docs/reference/policy-contract.md "Minted lifetime"): they always last 900 s, AWS's
     minimum, even when the evidence expires sooner, as AWS's own web-identity
     flow does.
     """
@@ -92,7 +92,7 @@ class Attestation:
         return self.facts.get("region")
 
     def policy_view(self) -> dict[str, Any]:
-        """`input.attestation` (DESIGN.md "Policy contract")."""
+        """`input.attestation` (docs/reference/policy-contract.md "Policy contract")."""
         return {"kind": self.kind, **self.facts, "claims": self.claims}
 
     def att_claim(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from jwt.algorithms import Algorithm, ECAlgorithm, RSAAlgorithm
 from chit.attestors.base import InvalidEvidence, evidence_object
 
 MAX_TOKEN_LENGTH = 16 * 1024
-LEEWAY_SECONDS = 60  # DESIGN.md: leeway on nbf/iat only; exp must be in the future.
+LEEWAY_SECONDS = 60  # docs/reference: leeway on nbf/iat only; exp must be in the future.
 
 # Headers that would let the token name its own key or extend the rules
 # (RFC 7515 §4.1.3-4.1.6, §4.1.11); RFC 7797 `b64` only works with `crit`.
@@ -162,7 +162,7 @@ def check_validity_window(claims: Mapping[str, Any], now: float, max_lifetime: i
     """exp in the future; iat and nbf not after now + leeway; exp - iat within the cap.
 
     Returns exp. RFC 7519 §4.1.4: "the current date/time MUST be before the
-    expiration date/time"; chit gives no leeway there (DESIGN.md "Leeway").
+    expiration date/time"; chit gives no leeway there (docs/reference/http-api.md "Leeway").
     """
     exp = numeric_date(claims, "exp")
     iat = numeric_date(claims, "iat")

@@ -3,7 +3,7 @@
 Two engines answer the same question: `embedded` (rego-cpp in process) and
 `opa` (an OPA server). Either way an engine that errors or answers something
 malformed denies; an engine that cannot be reached makes the exchange fail
-closed with 503 (DESIGN.md "Decisions").
+closed with 503 (docs/reference/policy-contract.md "Decisions").
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class PolicyUnavailable(Exception):
 
 
 class PolicyInputUnrepresentable(Exception):
-    """A string of the input cannot be carried faithfully by the engine (DESIGN.md "Strings
+    """A string of the input cannot be carried faithfully by the engine (docs/reference "Strings
     reach the policy faithfully or not at all"): the exchange is refused, not decided."""
 
 
@@ -89,7 +89,7 @@ def policy_input(
     now: float,
     images: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The one place `input` is built (DESIGN.md "Policy contract"), from the verified
+    """The one place `input` is built (docs/reference/policy-contract.md "Policy contract"), from the verified
     facts the exchange hands over (`Attestation.policy_view()`)."""
     document: dict[str, Any] = {
         "subject": subject,

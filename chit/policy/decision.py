@@ -1,6 +1,6 @@
 """The policy's decision, validated strictly.
 
-DESIGN.md "Policy contract": `allow` must be the boolean `true`; anything
+docs/reference/policy-contract.md "Policy contract": `allow` must be the boolean `true`; anything
 malformed is a deny whose reason names the fault. What a decision grants for a
 request is the server's to apply (`chit.server.grant`).
 """

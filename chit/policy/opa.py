@@ -1,7 +1,7 @@
 """The OPA engine: `data.chit.decision` asked of an OPA server over its REST API.
 
 chit POSTs `{"input": …}` to `{opa_url}/v1/data/chit/decision` (OPA's Data
-API) and reads `result`. DESIGN.md "Decisions" fixes what each answer means:
+API) and reads `result`. docs/reference/policy-contract.md "Decisions" fixes what each answer means:
 
 - 200 with `result` → the raw decision (validated by `parse_decision`);
   200 without `result` → undefined → deny;

@@ -1,4 +1,4 @@
-"""chit's HTTP surface (DESIGN.md "HTTP endpoints"): one method per endpoint, adapting HTTP to chit.
+"""chit's HTTP surface (docs/reference/http-api.md "HTTP endpoints"): one method per endpoint, adapting HTTP to chit.
 
 `Endpoints.token` hands the request's parts to the exchange
 (`chit.server.exchange`, where the whole pipeline is) and answers with its
@@ -109,7 +109,7 @@ class Endpoints:
     async def revoke(self, request: Request) -> Response:
         """RFC 7009 §2.2: "The authorization server responds with HTTP status code 200
         if the token has been revoked successfully or if the client submitted an
-        invalid token." The token is its own authorization (DESIGN.md "Authentication")."""
+        invalid token." The token is its own authorization (docs/reference/http-api.md "Authentication")."""
         now = time.time()
         try:
             claims = verify_own_token(self.exchange.keys, self.config.issuer, await self.form_token(request), now)

@@ -1,4 +1,4 @@
-"""The audit log: one JSON object per line for every /token response (DESIGN.md "Audit log").
+"""The audit log: one JSON object per line for every /token response (docs/reference/audit-log.md "Audit log").
 
 Records are built by the exchange pipeline from fields that carry no secret:
 never a subject or actor token, an issued token, a signature, or an AWS secret.

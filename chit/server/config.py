@@ -30,7 +30,7 @@ from chit.urls import is_loopback_host, require_safe_url
 
 CONFIG_ENV = "CHIT_CONFIG"
 RESOLVED_CONFIG_ENV = "CHIT_RESOLVED_CONFIG"  # set by `chit serve` for its uvicorn workers
-MAX_TOKEN_TTL = 900  # DESIGN.md: a minted credential never lives longer than 15 minutes.
+MAX_TOKEN_TTL = 900  # docs/reference: a minted credential never lives longer than 15 minutes.
 
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
 
@@ -152,7 +152,7 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _not_our_own_issuer(self) -> Config:
-        # chit never accepts its own tokens as evidence (DESIGN.md, issue #2 point 5).
+        # chit never accepts its own tokens as evidence (docs/reference/http-api.md).
         for cluster in self.attestors.kubernetes.clusters:
             if cluster.issuer.rstrip("/") == self.issuer:
                 raise ValueError(f"cluster {cluster.name!r} has chit's own issuer; chit never trusts its own tokens")

@@ -16,7 +16,7 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # RFC 6749 §5.1
 class OAuthError(Exception):
     error: str = "invalid_request"
     status_code: int = 400
-    # Audit outcome (DESIGN.md "Audit log"): invalid | denied | limited | unavailable.
+    # Audit outcome (docs/reference/audit-log.md "Audit log"): invalid | denied | limited | unavailable.
     outcome: str = "invalid"
 
     def __init__(self, description: str, *, detail: str | None = None, headers: dict[str, str] | None = None):

@@ -5,7 +5,7 @@ module: the request parser (`chit.server.token_request`), the attestors
 (`chit.attestors`), the policy (`chit.policy`) and the grant
 (`chit.server.grant`), the minting of a JWT (`chit.server.mint`) or of STS
 credentials (`chit.server.sts`). It returns an `Outcome`: the response, and
-the audit line built once, at the end, from what the steps returned (DESIGN.md
+the audit line built once, at the end, from what the steps returned (docs/reference
 "Audit log"). Any refusal is an `OAuthError` (`chit.server.errors`); an audit
 line never carries a token.
 
@@ -192,7 +192,7 @@ class TokenExchange:
             metrics.ATTEST_SECONDS.observe(metrics.since(started))
 
     async def admit(self, role: str, attestation: Attestation, now: float) -> None:
-        """The subject's rate limit (DESIGN.md "Rate limits": requests that attest count
+        """The subject's rate limit (docs/reference/http-api.md "Rate limits": requests that attest count
         against their subject), and the operator's revocations for subject and actor."""
         if role == "subject":
             await self.limits.count_subject(attestation.subject, now)
@@ -324,7 +324,7 @@ class TokenExchange:
         return key
 
     async def mint_aws_credentials(self, subject: Attestation, actor: Attestation | None, decision: Decision, now: float) -> Issued:
-        """STS credentials for the decision's role; they last 900 s (DESIGN.md "Minted
+        """STS credentials for the decision's role; they last 900 s (docs/reference "Minted
         lifetime": AWS's minimum is chit's maximum), so a shorter decision ttl refuses them."""
         if decision.aws is None:
             raise PolicyDenied("the exchange is not permitted", detail="aws-credentials requested; decision.aws.role_arn absent")
@@ -397,7 +397,7 @@ def audit_record(
     issued: Issued | None,
     error: OAuthError | None,
 ) -> dict[str, Any]:
-    """The audit line of one exchange (DESIGN.md "Audit log"), from what its steps
+    """The audit line of one exchange (docs/reference/audit-log.md "Audit log"), from what its steps
     returned before it ended: never a token, a signature or an AWS secret."""
     reasons = decision.reasons if decision is not None else ()
     if error is not None and error.detail != error.description and error.detail not in reasons:

@@ -1,4 +1,4 @@
-"""The grant: what a decision allows for the request (DESIGN.md "Policy contract").
+"""The grant: what a decision allows for the request (docs/reference/policy-contract.md "Policy contract").
 
 Granted scope is the requested scope intersected with the decision's; every
 requested audience/resource must be in the decision's audience. A refusal is the

@@ -1,4 +1,4 @@
-"""HTTP/1.1 connection limits uvicorn does not enforce by itself (DESIGN.md "Limits").
+"""HTTP/1.1 connection limits uvicorn does not enforce by itself (docs/reference/http-api.md "Limits").
 
 - a header block over 16 KB is answered 431 and the connection closed;
 - a client that stays idle for 10 s while a request is incomplete (before its

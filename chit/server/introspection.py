@@ -2,7 +2,7 @@
 that introspection and revocation share.
 
 Only callers holding a chit token with scope `chit:introspect` whose audience is
-chit's issuer may introspect (DESIGN.md "Authentication"); resource servers get
+chit's issuer may introspect (docs/reference/http-api.md "Authentication"); resource servers get
 such a token by exchange, like any workload.
 """
 
@@ -18,7 +18,7 @@ from chit.server.revocation import Revocations
 from chit.state import StateUnavailable
 
 INTROSPECT_SCOPE = "chit:introspect"
-LEEWAY_SECONDS = 60  # DESIGN.md "Leeway": on nbf/iat only; replicas' clocks differ a little
+LEEWAY_SECONDS = 60  # docs/reference/http-api.md "Leeway": on nbf/iat only; replicas' clocks differ a little
 # RFC 7662 §2.2 members, and chit's own claims a resource server may decide on.
 _RESPONSE_CLAIMS = ("scope", "client_id", "exp", "iat", "nbf", "sub", "aud", "iss", "jti", "att", "act", "cnf")
 

@@ -32,7 +32,7 @@ from chit.server.config import MAX_TOKEN_TTL
 
 log = logging.getLogger("chit.keys")
 
-RESCAN_SECONDS = 10.0  # DESIGN.md: changes are picked up within 30 s
+RESCAN_SECONDS = 10.0  # docs/reference: changes are picked up within 30 s
 _KEY_FILE = re.compile(r"signing-(\d{1,12})-([A-Za-z0-9]{1,32})\.pem")
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey

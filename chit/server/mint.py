@@ -1,4 +1,4 @@
-"""Minting chit's JWT access tokens (RFC 9068 profile, DESIGN.md "Minted JWT access token")."""
+"""Minting chit's JWT access tokens (RFC 9068 profile, docs/reference/http-api.md "Minted JWT access token")."""
 
 from __future__ import annotations
 

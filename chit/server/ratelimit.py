@@ -1,4 +1,4 @@
-"""Rate limits (DESIGN.md "Rate limits"): token buckets per minute with a burst of
+"""Rate limits (docs/reference/http-api.md "Rate limits"): token buckets per minute with a burst of
 the per-minute figure, kept in the state store so that every replica draws from
 the same bucket. Every /token request counts against its client address; an
 exchange whose subject is attested counts against that subject too.

@@ -1,4 +1,4 @@
-"""The reserved audience (DESIGN.md "Reserved audience"): "`sts.amazonaws.com` is only
+"""The reserved audience (docs/reference/http-api.md "Reserved audience"): "`sts.amazonaws.com` is only
 ever the audience of the web-identity JWTs chit mints for its own
 `AssumeRoleWithWebIdentity` call: an ordinary exchange can neither request it nor
 be granted it (400 `invalid_target`)."
@@ -44,12 +44,12 @@ def refuse_reserved_grant(audience: tuple[str, ...]) -> None:
     """A decision may list the reserved audience, but it never becomes a token's `audience`.
 
     Requested targets were refused while parsing, so this catches the default: "none
-    requested → the first of `decision.audience`" (DESIGN.md "Policy contract").
+    requested → the first of `decision.audience`" (docs/reference/policy-contract.md "Policy contract").
     """
     reserved = [a for a in audience if is_reserved_audience(a)]
     if reserved:
         raise PolicyDeniedTarget(
             "the permitted audience is reserved",
             detail=f"decision.audience grants the reserved audience {reserved[0]!r}: only chit's own "
-            "AssumeRoleWithWebIdentity tokens carry it (DESIGN.md \"Reserved audience\")",
+            "AssumeRoleWithWebIdentity tokens carry it (docs/reference \"Reserved audience\")",
         )

@@ -1,6 +1,6 @@
 """Revocation: one token by its holder (RFC 7009, POST /revoke) and a whole workload
 by an operator (`chit revoke --subject`), honoured by introspection and by the
-exchange (DESIGN.md "Revocation").
+exchange (docs/reference/http-api.md "Revocation").
 
 Two kinds of record in the state store:
 

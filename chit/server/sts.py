@@ -1,5 +1,5 @@
 """AWS STS credentials for the role a decision grants (`requested_token_type`
-`urn:chit:params:oauth:token-type:aws-credentials`, DESIGN.md "POST /token — success").
+`urn:chit:params:oauth:token-type:aws-credentials`, docs/reference/http-api.md "POST /token — success").
 
 Two ways to get them (`aws.sts_mode`):
 
@@ -12,7 +12,7 @@ Two ways to get them (`aws.sts_mode`):
   travel in the token's `https://aws.amazon.com/tags` claim. No other token
   chit mints may carry that audience (server.reserved_audience).
 
-Either way: DurationSeconds is 900 (AWS's minimum is chit's maximum, DESIGN.md
+Either way: DurationSeconds is 900 (AWS's minimum is chit's maximum, docs/reference
 "Minted lifetime"), the RoleSessionName is derived from the subject, and the
 decision's session policy narrows the role. Tags chit sets itself (`chit:*`)
 cannot be set or overridden by the policy.

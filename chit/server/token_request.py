@@ -42,7 +42,7 @@ SINGLE = frozenset(
 # RFC 6749 Appendix A.4: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 # RFC 3986 §2: a URI is made of unreserved, reserved and percent-encoded characters only;
-# DESIGN.md holds `audience` to the same grammar as `resource`. Neither a quote, a
+# docs/reference holds `audience` to the same grammar as `resource`. Neither a quote, a
 # backslash, a space nor a control character can pass (nor reach the policy).
 _URI_CHARACTERS = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})+")
 
@@ -129,7 +129,7 @@ def _targets(fields: dict[str, list[str]], name: str) -> tuple[str, ...]:
             if not parts.scheme or parts.fragment or "#" in value:
                 raise InvalidTarget("resource must be an absolute URI without a fragment")
         if is_reserved_audience(value):
-            # DESIGN.md "Reserved audience": "an ordinary exchange can neither request it nor be granted it".
+            # docs/reference/http-api.md "Reserved audience": "an ordinary exchange can neither request it nor be granted it".
             raise InvalidTarget(f"{name} {value!r} is reserved for chit's own calls to AWS STS")
     return values
 

@@ -196,7 +196,7 @@ def test_policy_sees_the_verified_instance_facts(servers: dict[str, ChitServer],
         "kind": "gcp",
         "issuer": GOOGLE_ISSUER,
         "project_id": "payments-prod",
-        "project_number": 733428162846,  # a number, as in the token (DESIGN.md "Claim values keep their JSON types")
+        "project_number": 733428162846,  # a number, as in the token (docs/reference/policy-contract.md "Claim values keep their JSON types")
         "zone": "europe-west1-b",
         "region": "europe-west1",
         "instance_id": "4520031799277581759",

@@ -38,7 +38,7 @@ def test_minted_token_claims_follow_the_contract(chit: ChitServer, prod_issuer: 
 
 @pytest.mark.parametrize("service_account", ["sts-only", "sts-first", "sts-url"])
 def test_a_policy_cannot_grant_the_reserved_sts_audience(chit: ChitServer, prod_issuer: ClusterIssuer, service_account: str) -> None:
-    """DESIGN.md "Reserved audience": `sts.amazonaws.com` "is only ever the audience of the
+    """docs/reference/http-api.md "Reserved audience": `sts.amazonaws.com` "is only ever the audience of the
     web-identity JWTs chit mints for its own AssumeRoleWithWebIdentity call"; a decision
     listing it first does not make it the default audience of an ordinary token."""
     body = assert_refused(chit.exchange(prod_issuer.token(service_account=service_account)), error="invalid_target")

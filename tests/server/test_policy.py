@@ -116,7 +116,7 @@ def test_conflicting_rules_deny(quirky: ChitServer, prod_issuer: ClusterIssuer) 
 
 
 def test_an_evaluation_error_denies_and_names_it(quirky: ChitServer, prod_issuer: ClusterIssuer) -> None:
-    """DESIGN.md "Decisions": an evaluation error is a deny (400, audit `denied`), never a 500."""
+    """docs/reference/policy-contract.md "Decisions": an evaluation error is a deny (400, audit `denied`), never a 500."""
     assert_issued(quirky.exchange(prod_issuer.token(namespace="divide-by-zero"), scope="a"))
     body = assert_refused(quirky.exchange(prod_issuer.token(namespace="divide-by-zero")))
     line = quirky.audit_for(body["decision_id"])

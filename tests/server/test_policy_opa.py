@@ -63,7 +63,7 @@ def test_opa_grants_what_the_binding_says(chit_opa: ChitServer, opa: OpaStandIn,
     _, claims = chit_opa.verify_issued(body["access_token"], "https://db.internal")
     assert claims["sub"] == "spiffe://example.org/k8s/prod/ns/payments/sa/agent"
     (sent,) = [r for r in opa.requests() if r["path"] == "/v1/data/chit/decision"]
-    # The same input document the embedded engine gets (DESIGN.md "Policy contract").
+    # The same input document the embedded engine gets (docs/reference/policy-contract.md "Policy contract").
     assert set(sent["input"]) == {"subject", "attestation", "request", "now"}
     assert sent["input"]["attestation"]["namespace"] == "payments"
     assert sent["input"]["attestation"]["claims"]["sub"] == "system:serviceaccount:payments:agent"

@@ -1,4 +1,4 @@
-"""No input string can change or break a policy decision (DESIGN.md "Strings reach the
+"""No input string can change or break a policy decision (docs/reference "Strings reach the
 policy faithfully or not at all").
 
 rego-cpp writes input strings back unescaped and works on their escaped text;

@@ -1,4 +1,4 @@
-"""Rate limits per client address (DESIGN.md "Rate limits"): every /token request
+"""Rate limits per client address (docs/reference/http-api.md "Rate limits"): every /token request
 counts, well-formed or not, and over the limit the answer is 429 slow_down with
 Retry-After, audited as `limited`. (A subject's limit, global across replicas,
 is in tests/server/test_replicas.py.)"""

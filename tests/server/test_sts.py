@@ -245,7 +245,7 @@ def test_web_identity_token_is_chits_jwt_for_sts(web_identity_chit: ChitServer, 
 
 def test_web_identity_mode_keeps_sts_for_itself(web_identity_chit: ChitServer, prod_issuer: ClusterIssuer, moto: MotoServer) -> None:
     """A decision listing `sts.amazonaws.com` still gets STS credentials through chit, never a JWT
-    for STS that the workload could use for AssumeRoleWithWebIdentity itself (DESIGN.md "Reserved audience")."""
+    for STS that the workload could use for AssumeRoleWithWebIdentity itself (docs/reference/http-api.md "Reserved audience")."""
     body = credentials_for(web_identity_chit, prod_issuer.token(service_account="sts-audience"))
     assert moto.client("sts", credentials=body["aws_credentials"]).get_caller_identity()["Arn"].startswith(
         f"arn:aws:sts::{MOTO_ACCOUNT}:assumed-role/deployer/"

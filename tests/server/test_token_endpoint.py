@@ -88,7 +88,7 @@ def test_audience_and_resource_may_repeat(chit: ChitServer, prod_issuer: Cluster
     ],
 )
 def test_the_reserved_sts_audience_cannot_be_requested(chit: ChitServer, prod_issuer: ClusterIssuer, field: str, value: str) -> None:
-    """DESIGN.md "Reserved audience": "an ordinary exchange can neither request it nor be granted it" (400 invalid_target)."""
+    """docs/reference/http-api.md "Reserved audience": "an ordinary exchange can neither request it nor be granted it" (400 invalid_target)."""
     body = assert_refused(chit.exchange(prod_issuer.token(), **{field: [DB, value]}), error="invalid_target")
     audit = chit.audit_for(body["decision_id"])
     assert audit["outcome"] == "invalid" and audit["error"] == "invalid_target"

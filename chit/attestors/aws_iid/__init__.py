@@ -1,6 +1,6 @@
 """AWS: EC2 instance identity documents (IID), verified against AWS's regional certificates.
 
-The subject token (DESIGN.md "POST /token — request") carries the document
+The subject token (docs/reference/http-api.md "POST /token — request") carries the document
 exactly as IMDS served it, its signature in one of two forms, and the client's
 nonce:
 
@@ -12,7 +12,7 @@ nonce:
 
 Only the certificate of the document's own region is ever tried, and it must be
 valid now. An IID never expires and anything on the instance can read it, so
-each instance is bound on first use to a hash of the client's nonce (DESIGN.md
+each instance is bound on first use to a hash of the client's nonce (docs/reference
 "AWS nonce"). With `verify_instance`, DescribeInstances confirms the instance
 is pending or running and adds its tags, VPC, subnet, instance profile and
 image to the facts.

@@ -1,4 +1,4 @@
-"""Replay binding (DESIGN.md "AWS nonce"): the first successful exchange of an instance
+"""Replay binding (docs/operators/aws.md "AWS nonce"): the first successful exchange of an instance
 binds a hash of its nonce and the document's `pendingTime`; later exchanges need the
 same nonce and a `pendingTime` no older. Failed attempts bind nothing (the binding is
 the Attestation's replay guard, committed once a credential is issued).
@@ -37,7 +37,7 @@ class BindingRecord:
         return f"{self.nonce_hash} {self.pending_time}"
 
     def admits(self, presented: BindingRecord) -> None:
-        """DESIGN.md "AWS nonce": the same nonce, and a pendingTime no older than the bound one."""
+        """docs/operators/aws.md "AWS nonce": the same nonce, and a pendingTime no older than the bound one."""
         if not hmac.compare_digest(self.nonce_hash, presented.nonce_hash):
             raise InvalidEvidence("this instance is bound to another nonce")
         if presented.pending_time < self.pending_time:

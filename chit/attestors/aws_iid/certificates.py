@@ -45,7 +45,7 @@ def load_certificates(directory: Path, min_bits: int) -> dict[str, RegionCertifi
         except ValueError:
             raise ValueError(f"{path}: not a PEM certificate") from None
         key = certificate.public_key()
-        # AWS still signs some regions' documents with RSA-1024 keys (DESIGN.md "AWS nonce"):
+        # AWS still signs some regions' documents with RSA-1024 keys (docs/operators/aws.md "AWS nonce"):
         # they are trusted as AWS publishes them, but nothing weaker.
         if not isinstance(key, rsa.RSAPublicKey) or key.key_size < min_bits:
             raise ValueError(f"{path}: an RSA key of at least {min_bits} bits is required")

@@ -27,7 +27,7 @@ MAX_IMDS_BODY = 16 * 1024
 
 
 def instance_nonce(path: Path) -> str:
-    """This instance's nonce (DESIGN.md "AWS nonce"): read from `path`, or created there
+    """This instance's nonce (docs/operators/aws.md "AWS nonce"): read from `path`, or created there
     once — random, mode 0600 — and never changed afterwards, because chit binds the
     instance to it on the first exchange. Losing it locks the instance out until an
     operator runs `chit aws forget-instance`."""

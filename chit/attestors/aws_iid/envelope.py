@@ -1,5 +1,5 @@
 """The aws-iid subject token: `base64url(JSON {document, signature | rsa2048, nonce})`,
-with or without padding (DESIGN.md "POST /token — request"). The agent encodes
+with or without padding (docs/reference/http-api.md "POST /token — request"). The agent encodes
 it; the server parses it before anything is verified.
 """
 
@@ -19,7 +19,7 @@ SIGNATURE_FORMS = ("signature", "rsa2048")
 Form = Literal["signature", "rsa2048"]
 MAX_SUBJECT_TOKEN_LENGTH = 16 * 1024
 MAX_DOCUMENT_LENGTH = 8 * 1024
-# DESIGN.md "AWS nonce": 16–128 printable ASCII characters, no space.
+# docs/operators/aws.md "AWS nonce": 16–128 printable ASCII characters, no space.
 NONCE = re.compile(r"[!-~]{16,128}")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 _WHITESPACE = re.compile(rb"\s+")

@@ -40,7 +40,7 @@ class AwsIidVerifier(DocumentVerifier):
         evidence = parse_subject_token(subject_token)
         identity = parse_document(evidence.document)
         verify_document_signature(evidence, self.certificates.key(evidence.form, identity.region, now))
-        # DESIGN.md "Allowlists": refused as invalid evidence (400, audit `invalid`).
+        # docs/reference/policy-contract.md "Allowlists": refused as invalid evidence (400, audit `invalid`).
         if self.regions is not None and identity.region not in self.regions:
             raise InvalidEvidence(f"region {identity.region} is not allowed")
         if self.account_ids is not None and identity.account_id not in self.account_ids:

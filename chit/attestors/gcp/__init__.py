@@ -22,5 +22,5 @@ service accounts to the facts.
 """
 
 KIND = "gcp"
-# DESIGN.md "GCP issuer": Google writes both forms.
+# docs/operators/gcp.md "GCP issuer": Google writes both forms.
 ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})

@@ -1,4 +1,4 @@
-"""`single_use: true`: an accepted token is remembered until it expires (DESIGN.md "GCP")."""
+"""`single_use: true`: an accepted token is remembered until it expires (docs/operators/gcp.md "GCP")."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def claims_digest(claims: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SingleUse:
-    """`single_use: true`: remember an accepted token until it expires (DESIGN.md
+    """`single_use: true`: remember an accepted token until it expires (docs/reference
     "GCP"); committed only once a credential is issued, so a failure uses nothing."""
 
     state: StateStore

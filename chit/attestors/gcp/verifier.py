@@ -20,7 +20,7 @@ from chit.state import StateStore, StateUnavailable
 
 log = logging.getLogger("chit.gcp")
 
-MAX_TOKEN_LIFETIME = 3600  # DESIGN.md "Leeway": GCP subject JWTs live at most 1 h
+MAX_TOKEN_LIFETIME = 3600  # docs/reference/http-api.md "Leeway": GCP subject JWTs live at most 1 h
 
 
 class GcpVerifier(JwtVerifier):

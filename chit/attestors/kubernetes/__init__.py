@@ -1,4 +1,4 @@
-"""Kubernetes: projected service-account tokens (DESIGN.md "Workload subjects").
+"""Kubernetes: projected service-account tokens (docs/reference/http-api.md "Workload subjects").
 
 - `config`: the `attestors.kubernetes` section: clusters, their keys, their API checks;
 - `claims`: what a token says about its pod, checked for consistency;

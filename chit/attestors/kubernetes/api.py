@@ -1,6 +1,6 @@
 """The Kubernetes API checks of one cluster: TokenReview and the pod lookup.
 
-DESIGN.md "Kubernetes API checks": `token_review` sends `spec.audiences` =
+docs/operators/kubernetes.md "Kubernetes API checks": `token_review` sends `spec.audiences` =
 the cluster's audiences and requires `status.authenticated`, a non-empty
 intersection of `status.audiences` with them, `status.user.username` = the
 token's `sub`, and pod name/uid in `status.user.extra` equal to the token's;
