@@ -54,7 +54,7 @@ TEST_BINDINGS = {
             },
             "staging": {"payments": {"agent": {"scope": ["read:db"], "audience": ["https://db.internal"]}}},
         },
-        # The account of the real AWS-signed vectors (tests/attestors/aws_iid_vectors).
+        # The account of the real AWS-signed vectors (tests/attestors/aws_iid/vectors).
         "aws_iid": {"975050371289": {"us-east-1": {"scope": ["read:db"], "audience": ["https://db.internal"]}}},
     }
 }

@@ -8,7 +8,7 @@ stopping chit lets in-flight exchanges finish.
   refused, exit 0 (one process, and the multi-worker supervisor).
 
 JWKS sources and the policy engine failing are in tests/attestors/test_jwks.py
-and tests/server/test_policy_opa.py.
+and tests/policy/test_opa.py.
 """
 
 from __future__ import annotations

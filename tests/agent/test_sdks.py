@@ -16,7 +16,7 @@ import pytest
 from google.auth import identity_pool
 
 from chit.server.sts import role_session_name
-from tests.client.conftest import DB
+from tests.agent.conftest import DB
 from tests.conftest import ROLE_AGENT
 from tests.factories import (
     CLIENT_ENV_VARIABLES,

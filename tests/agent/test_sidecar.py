@@ -19,7 +19,7 @@ import pytest
 
 from chit.agent.sidecar import BACKOFF_MAX, REMOVE_BEFORE_EXPIRY, backoff
 from chit.agent.cli import parse_file_spec
-from tests.client.conftest import CACHE, DB
+from tests.agent.conftest import CACHE, DB
 from tests.conftest import TEST_BINDINGS, cluster_config
 from tests.factories import (
     AgentProcess,

@@ -19,7 +19,7 @@ from chit.policy.bundle import load_policy_dir
 from chit.policy.embedded import EmbeddedEngine
 from chit.policy.opa import OpaEngine
 from tests.factories import ROOT, OpaStandIn, copy_policy
-from tests.server.test_policy import QUIRKS
+from tests.policy.test_decisions import QUIRKS
 
 # Bindings that exercise every optional constraint of the shipped policy.
 DATA = {

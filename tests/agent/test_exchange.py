@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import jwt
 import pytest
 
-from tests.client.conftest import CACHE, DB
+from tests.agent.conftest import CACHE, DB
 from tests.factories import (
     MOTO_ACCOUNT,
     ChitServer,

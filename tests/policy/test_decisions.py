@@ -172,7 +172,7 @@ def broken_policy_config(tmp_path: Path, files: dict[str, str]) -> Path:
         ({"chit/decision.rego": "package chit\n\ndecision := {\"allow\": true}\n", "data.json": '{"a": 1, "a": 2}'}, "duplicate JSON member 'a'"),
         ({"chit/decision.rego": "package chit\n\ndecision := {\"allow\": true}\n", "data.json": '{"a": NaN}'}, "invalid JSON number NaN"),
         ({"chit/decision.rego": "package chit\n\ndecision := {\"allow\": true}\n", "data.json": '{"a": 1e999}'}, "JSON number out of range"),
-        # What the embedded engine would decide differently from OPA (tests/server/test_policy_dialect.py has them all).
+        # What the embedded engine would decide differently from OPA (tests/policy/test_dialect.py has them all).
         ({"chit/decision.rego": "package chit\n\ndecision := x if { x := undefined_function(1) }\n"}, "chit/decision.rego:3: undefined_function is not a function"),
         ({"chit/decision.rego": 'package chit\n\ndecision := {"allow": true} if { not net.cidr_contains("10.0.0.0/8", input.ip) }\n'}, "chit/decision.rego:3: net.cidr_contains"),
         ({"chit/decision.rego": 'package chit\n\ndecision := {"allow": true} if { not usr == "mallory" }\n'}, "chit/decision.rego:3: data.chit.decision reads a variable that is never bound"),

@@ -8,16 +8,12 @@ import hashlib
 import hmac
 import json
 import time
-from pathlib import Path
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from chit.attestors.base import CollectionFailed, PlatformAbsent
-from chit.protocol import TOKEN_TYPE_JWT
-from chit.attestors.kubernetes.collector import DEFAULT_TOKEN_FILE, KubernetesCollector
 from tests.factories import DROP, ChitServer, ClusterIssuer, assert_issued, assert_refused, b64url, compact
 
 
@@ -348,40 +344,3 @@ def test_a_token_signed_with_chits_own_key_is_refused_as_chits(chit: ChitServer,
     token = jwt.encode(prod_issuer.claims(), key.private_key, algorithm=key.algorithm, headers={"kid": key.kid})
     body = assert_refused(chit.exchange(token))
     assert body["error_description"] == "subject_token invalid: tokens issued by chit are not accepted as evidence"
-
-
-# --- the collector (client side) ------------------------------------------------------------
-
-
-def test_collector_reads_the_projected_token_afresh_each_time(tmp_path: Path, chit: ChitServer, prod_issuer: ClusterIssuer) -> None:
-    token_file = tmp_path / "token"
-    collector = KubernetesCollector(token_file)
-    first = prod_issuer.token()
-    token_file.write_text(first + "\n")
-    subject = collector.collect()
-    assert subject.value == first and subject.token_type == TOKEN_TYPE_JWT
-    assert first not in repr(subject)
-    assert_issued(chit.exchange(subject.value, subject_token_type=subject.token_type))
-    # The kubelet rotates the file; the next collection sends the new token.
-    second = prod_issuer.token()
-    token_file.write_text(second)
-    assert collector.collect().value == second
-
-
-def test_collector_without_the_token_file_says_the_platform_is_absent(tmp_path: Path) -> None:
-    assert str(DEFAULT_TOKEN_FILE) == "/var/run/secrets/chit/token"  # what the docs and deploy/examples name
-    with pytest.raises(PlatformAbsent, match=f"no Kubernetes token file at {tmp_path / 'missing'}"):
-        KubernetesCollector(tmp_path / "missing").collect()
-
-
-@pytest.mark.parametrize("content", ["", "not a token", "a.b", "a.b.c.d.e", "a.b.\u00e9", "a." + "b" * 70000 + ".c"])
-def test_collector_refuses_a_file_that_holds_no_jwt(tmp_path: Path, content: str) -> None:
-    token_file = tmp_path / "token"
-    token_file.write_text(content)
-    with pytest.raises(CollectionFailed, match="does not hold a service-account token"):
-        KubernetesCollector(token_file).collect()
-
-
-def test_collector_names_an_unreadable_token_file(tmp_path: Path) -> None:
-    with pytest.raises(CollectionFailed, match="cannot read the Kubernetes token file"):
-        KubernetesCollector(tmp_path).collect()  # a directory
