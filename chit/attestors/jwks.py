@@ -353,3 +353,22 @@ class RemoteKeySource(KeySource):
         if self._inflight is not None:
             self._inflight.cancel()
         await self._client.aclose()
+
+
+def issuer_key_source(
+    *,
+    issuer: str,
+    jwks_uri: str | None,
+    jwks_file: Path | None,
+    discovery: bool,
+    ca_file: Path | None,
+    label: str,
+) -> KeySource:
+    """The keys of one configured issuer: a JWKS file, a JWKS URL, or OIDC discovery
+    from the issuer itself (the configuration sets exactly one)."""
+    if jwks_file is not None:
+        return FileKeySource(jwks_file)
+    client = http_client(ca_file)
+    if discovery:
+        return RemoteKeySource(discovery_issuer=issuer, client=client, label=label)
+    return RemoteKeySource(jwks_uri=jwks_uri, client=client, label=label)

@@ -13,10 +13,11 @@ from chit.attestors.gcp.certificates import ALGORITHM, GoogleCertificates, verif
 from chit.attestors.gcp.claims import compute_engine_facts, service_account
 from chit.attestors.gcp.compute import ComputeEngine, instance_facts
 from chit.attestors.gcp.config import GcpSettings
-from chit.attestors.gcp.single_use import SingleUse, claims_digest
+from chit.attestors.gcp.single_use import claims_digest
 from chit.attestors.jose import LEEWAY_SECONDS, CompactJws, check_validity_window
 from chit.attestors.jwks import http_client
-from chit.state import StateStore, StateUnavailable
+from chit.attestors.single_use import unused
+from chit.state import StateStore
 
 log = logging.getLogger("chit.gcp")
 
@@ -76,13 +77,7 @@ class GcpVerifier(JwtVerifier):
         replay_guard = None
         if self.config.single_use:
             key = f"gcp:once:{claims_digest(claims)}"
-            try:
-                used = await self.state.get(key)
-            except StateUnavailable as error:
-                raise EvidenceUnavailable(f"state store: {error}") from None
-            if used is not None:
-                raise InvalidEvidence("token already used (single_use)")
-            replay_guard = SingleUse(self.state, key, max(1.0, expires_at - now + LEEWAY_SECONDS))
+            replay_guard = await unused(self.state, key, expires_at - now + LEEWAY_SECONDS, "single_use")
 
         facts: dict[str, Any] = {"issuer": claims["iss"], **(instance or {}), "email": email_address, "sub": sub}
         if instance is None:

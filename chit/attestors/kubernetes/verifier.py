@@ -14,7 +14,7 @@ from typing import Any
 
 from chit.attestors.base import Attestation, InvalidEvidence, JwtVerifier
 from chit.attestors.jose import CompactJws, audiences, check_validity_window, verify_signature
-from chit.attestors.jwks import FileKeySource, KeySource, RemoteKeySource, http_client
+from chit.attestors.jwks import KeySource, issuer_key_source
 from chit.attestors.kubernetes import KIND
 from chit.attestors.kubernetes.claims import pod_identity
 from chit.attestors.kubernetes.config import Cluster, KubernetesSettings
@@ -37,13 +37,14 @@ class ClusterTrust:
 
 
 def key_source(cluster: Cluster) -> KeySource:
-    if cluster.jwks_file is not None:
-        return FileKeySource(cluster.jwks_file)
-    label = f"cluster {cluster.name}"
-    client = http_client(cluster.api.ca_file)
-    if cluster.discovery:
-        return RemoteKeySource(discovery_issuer=cluster.issuer, client=client, label=label)
-    return RemoteKeySource(jwks_uri=cluster.jwks_uri, client=client, label=label)
+    return issuer_key_source(
+        issuer=cluster.issuer,
+        jwks_uri=cluster.jwks_uri,
+        jwks_file=cluster.jwks_file,
+        discovery=cluster.discovery,
+        ca_file=cluster.api.ca_file,
+        label=f"cluster {cluster.name}",
+    )
 
 
 class KubernetesVerifier(JwtVerifier):
