@@ -11,6 +11,7 @@ TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
 TOKEN_TYPE_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 TOKEN_TYPE_AWS_IID = "urn:chit:params:oauth:token-type:aws-iid"
+TOKEN_TYPE_AWS_IAM = "urn:chit:params:oauth:token-type:aws-iam"
 TOKEN_TYPE_AWS_CREDENTIALS = "urn:chit:params:oauth:token-type:aws-credentials"
 
 # Subject tokens that are JWTs, routed to a verifier by their `iss`.

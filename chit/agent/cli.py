@@ -15,9 +15,12 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from chit.attestors.base import CollectionFailed, Collector, PlatformAbsent
+from chit.attestors.aws_iam import SERVER_ID_HEADER
+from chit.attestors.aws_iam.collector import DEFAULT_STS_ENDPOINT
 from chit.attestors.aws_iid.collector import DEFAULT_NONCE_FILE, IMDS_URL
 from chit.attestors.gcp.collector import METADATA_URL
 from chit.attestors.kubernetes.collector import DEFAULT_TOKEN_FILE
+from chit.attestors.oidc.collector import DEFAULT_GITLAB_VARIABLE, GITHUB_URL_ENV
 from chit.agent.sidecar import Agent, FileSpec
 from chit.agent.collect import CollectorSettings, build_collector
 from chit.agent.exchange import OUTPUTS, REQUEST_TIMEOUT, TOKEN_TYPES, ExchangeError, ExchangeRequest, TokenEndpoint, render
@@ -79,7 +82,12 @@ def _add_common(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> 
     platform = evidence.add_mutually_exclusive_group()
     for name, what in (("kubernetes", "the projected service-account token file"), ("aws", "the EC2 instance identity document, over IMDSv2"),
                        ("gcp", "a Compute Engine identity token from the metadata server"),
-                       ("auto", "the first found of Kubernetes (the token file exists), GCP, AWS (default)")):
+                       ("aws-iam", "the AWS credentials the SDK finds (Lambda, ECS, EKS): a signed sts:GetCallerIdentity; needs pip install 'chit[aws]'"),
+                       ("github-actions", f"the job's OIDC token (${GITHUB_URL_ENV}; the job needs permissions: id-token: write)"),
+                       ("gitlab-ci", "the job's OIDC token from its id_tokens variable (--gitlab-token-variable)"),
+                       ("buildkite", "the job's OIDC token from buildkite-agent oidc request-token"),
+                       ("auto", "the first found of Kubernetes (the token file exists), GitHub Actions, GitLab CI, Buildkite, GCP, "
+                                "AWS EC2 (default); never aws-iam, and inside a Kubernetes pod only Kubernetes")):
         platform.add_argument(f"--{name}", dest="platform", action="store_const", const=name, help=what)
     parser.set_defaults(platform="auto")
     evidence.add_argument("--subject-token-file", type=Path, metavar="PATH",
@@ -93,7 +101,18 @@ def _add_common(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> 
                           help=f"AWS: the instance metadata service (default: ${IMDS_ENV}, else {IMDS_URL})")
     evidence.add_argument("--nonce-file", type=Path, metavar="PATH", default=DEFAULT_NONCE_FILE,
                           help=f"AWS: this instance's nonce, created once with mode 0600 (default: {DEFAULT_NONCE_FILE})")
-    evidence.set_defaults(in_kubernetes_pod=bool(environ.get(KUBERNETES_ENV)))
+    evidence.add_argument("--oidc-audience", metavar="AUDIENCE",
+                          help="CI: the OIDC token's audience, one of the issuer's audiences in chit's attestors.oidc (default: the --server URL)")
+    evidence.add_argument("--gitlab-token-variable", metavar="NAME", default=DEFAULT_GITLAB_VARIABLE,
+                          help=f"GitLab CI: the variable the job's id_tokens defines (default: {DEFAULT_GITLAB_VARIABLE})")
+    evidence.add_argument("--aws-sts-endpoint", metavar="URL", default=DEFAULT_STS_ENDPOINT,
+                          help=f"AWS IAM: the STS endpoint the request is signed for, one of chit's attestors.aws_iam.sts_endpoints (default: {DEFAULT_STS_ENDPOINT})")
+    evidence.add_argument("--aws-sts-region", metavar="REGION",
+                          help="AWS IAM: the region to sign for (default: the endpoint's, us-east-1 for the global endpoint)")
+    evidence.add_argument("--aws-server-id", metavar="ID",
+                          help=f"AWS IAM: the value of {SERVER_ID_HEADER}, chit's attestors.aws_iam.server_id (default: the --server URL)")
+    # The job's environment, for the CI collectors (GitHub's request token is read from it, never from a flag).
+    evidence.set_defaults(in_kubernetes_pod=bool(environ.get(KUBERNETES_ENV)), environ=dict(environ))
     request = parser.add_argument_group("the credential")
     request.add_argument("--audience", action="append", default=[], metavar="A", help="audience of the credential (repeatable)")
     request.add_argument("--scope", action="append", default=[], metavar="S", help="scope(s), space-delimited (repeatable)")
@@ -153,6 +172,12 @@ def _prepare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple
         imds_url=args.imds_url,
         nonce_file=args.nonce_file,
         in_kubernetes_pod=args.in_kubernetes_pod,
+        oidc_audience=args.oidc_audience or args.server,
+        gitlab_variable=args.gitlab_token_variable,
+        environ=args.environ,
+        aws_sts_endpoint=args.aws_sts_endpoint,
+        aws_sts_region=args.aws_sts_region,
+        aws_server_id=args.aws_server_id or args.server,
     )
     try:
         endpoint = TokenEndpoint(args.server, timeout=args.timeout, ca_file=args.ca_file, ca_dir=args.ca_dir, proxy=args.proxy)

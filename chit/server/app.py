@@ -20,10 +20,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from chit import metrics
+from chit.attestors.aws_iam.verifier import AwsIamVerifier
 from chit.attestors.aws_iid.verifier import AwsIidVerifier
 from chit.attestors.base import DocumentVerifier, JwtVerifier
 from chit.attestors.gcp.verifier import GcpVerifier
 from chit.attestors.kubernetes.verifier import KubernetesVerifier
+from chit.attestors.oidc.verifier import OidcVerifier
 from chit.attestors.routing import AttestorRouter
 from chit.aws import AwsClients
 from chit.policy import build_engine
@@ -53,9 +55,13 @@ def build_exchange(config: Config) -> TokenExchange:
         jwt_verifiers.append(KubernetesVerifier(config.attestors.kubernetes, config.trust_domain))
     if config.attestors.gcp.enabled:
         jwt_verifiers.append(GcpVerifier(config.attestors.gcp, trust_domain=config.trust_domain, issuer=config.issuer, state=state))
+    if config.attestors.oidc.issuers:
+        jwt_verifiers.append(OidcVerifier(config.attestors.oidc, trust_domain=config.trust_domain, state=state))
     document_verifiers: list[DocumentVerifier] = []
     if config.attestors.aws_iid.enabled:
         document_verifiers.append(AwsIidVerifier(config.attestors.aws_iid, config.trust_domain, state, aws))
+    if config.attestors.aws_iam.enabled:
+        document_verifiers.append(AwsIamVerifier(config.attestors.aws_iam, trust_domain=config.trust_domain, issuer=config.issuer, state=state))
     router = AttestorRouter(jwt_verifiers, document_verifiers, own_issuer=config.issuer, is_own_kid=keys.is_own_kid)
     signatures = ImageSignatures(
         config.image_signatures.keys, config.image_signatures.timeout_ms / 1000, config.image_signatures.registries

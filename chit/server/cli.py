@@ -65,6 +65,10 @@ def shared_state_users(config: Config) -> list[str]:
         users.append("AWS instance nonce bindings (attestors.aws_iid.enabled)")
     if config.attestors.gcp.enabled and config.attestors.gcp.single_use:
         users.append("GCP single-use tokens (attestors.gcp.single_use)")
+    if config.attestors.aws_iam.enabled:
+        users.append("signed AWS requests accepted once (attestors.aws_iam.enabled)")
+    if config.attestors.oidc.issuers:
+        users.append("OIDC tokens accepted once by their jti (attestors.oidc.issuers)")
     if config.rate_limits.per_subject_per_minute or config.rate_limits.per_client_per_minute:
         users.append("rate limits (rate_limits)")
     return users

@@ -19,9 +19,11 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from chit.attestors.aws_iam.config import AwsIamSettings
 from chit.attestors.aws_iid.config import AwsIidSettings
 from chit.attestors.gcp.config import GcpSettings
 from chit.attestors.kubernetes.config import KubernetesSettings
+from chit.attestors.oidc.config import OidcSettings
 from chit.aws import Aws
 from chit.policy.config import PolicySettings
 from chit.section import FilePath, Milliseconds, Section
@@ -85,7 +87,9 @@ class Tokens(Section):
 class Attestors(Section):
     kubernetes: KubernetesSettings = KubernetesSettings()
     aws_iid: AwsIidSettings = AwsIidSettings()
+    aws_iam: AwsIamSettings = AwsIamSettings()
     gcp: GcpSettings = GcpSettings()
+    oidc: OidcSettings = OidcSettings()
 
 
 class ImageSignatures(Section):
@@ -156,6 +160,9 @@ class Config(Section):
         for cluster in self.attestors.kubernetes.clusters:
             if cluster.issuer.rstrip("/") == self.issuer:
                 raise ValueError(f"cluster {cluster.name!r} has chit's own issuer; chit never trusts its own tokens")
+        for oidc in self.attestors.oidc.issuers:
+            if oidc.issuer_url.rstrip("/") == self.issuer:
+                raise ValueError(f"OIDC issuer {oidc.name!r} is chit's own issuer; chit never trusts its own tokens")
         return self
 
     @property

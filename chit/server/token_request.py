@@ -14,6 +14,7 @@ from chit.protocol import (
     JWT_TOKEN_TYPES,
     TOKEN_TYPE_ACCESS_TOKEN,
     TOKEN_TYPE_AWS_CREDENTIALS,
+    TOKEN_TYPE_AWS_IAM,
     TOKEN_TYPE_AWS_IID,
     TOKEN_TYPE_JWT,
 )
@@ -21,7 +22,7 @@ from chit.server.errors import InvalidRequest, InvalidScope, InvalidTarget, Requ
 from chit.server.reserved_audience import is_reserved_audience
 
 
-SUBJECT_TOKEN_TYPES = JWT_TOKEN_TYPES | {TOKEN_TYPE_AWS_IID}
+SUBJECT_TOKEN_TYPES = JWT_TOKEN_TYPES | {TOKEN_TYPE_AWS_IID, TOKEN_TYPE_AWS_IAM}
 REQUESTED_TOKEN_TYPES = frozenset({TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_AWS_CREDENTIALS})
 
 MAX_BODY_BYTES = 64 * 1024

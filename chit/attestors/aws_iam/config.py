@@ -1,0 +1,53 @@
+"""The `attestors.aws_iam` section of chit's configuration."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+
+from chit.section import Milliseconds, Section
+from chit.urls import require_safe_url
+
+AWS_ACCOUNT_ID = re.compile(r"\d{12}")
+_SERVER_ID = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII: a header value, no space or control
+
+
+class AwsIamSettings(Section):
+    # Off unless enabled: with it on, anyone can have chit call STS (at chit's endpoints only).
+    enabled: bool = False
+    # The value of X-Chit-Server-Id a request must be signed with; None: chit's issuer URL.
+    server_id: str | None = None
+    # The STS endpoints a request may name, exactly as written (scheme, host, path "/").
+    sts_endpoints: Annotated[list[str], Field(min_length=1)] = ["https://sts.amazonaws.com/"]
+    account_ids: Annotated[list[str], Field(min_length=1)] | None = None  # allowlist
+    # IAM users hold long-lived keys and are people as often as workloads: refused unless allowed.
+    allow_iam_users: bool = False
+    timeout_ms: Milliseconds = 3000  # each call to STS, in total
+
+    @field_validator("server_id")
+    @classmethod
+    def _server_id(cls, value: str | None) -> str | None:
+        if value is not None and not _SERVER_ID.fullmatch(value):
+            raise ValueError("must be 1-256 visible ASCII characters (it is a header value)")
+        return value
+
+    @field_validator("sts_endpoints")
+    @classmethod
+    def _sts_endpoints(cls, value: list[str]) -> list[str]:
+        for endpoint in value:
+            require_safe_url(endpoint, "sts_endpoints")
+            parts = urlsplit(endpoint)
+            if parts.path != "/" or parts.query or parts.fragment or parts.username or parts.password:
+                raise ValueError(f"{endpoint!r}: an STS endpoint is scheme://host[:port]/ (path '/', nothing else)")
+        return value
+
+    @field_validator("account_ids")
+    @classmethod
+    def _account_ids(cls, value: list[str] | None) -> list[str] | None:
+        for account in value or []:
+            if not AWS_ACCOUNT_ID.fullmatch(account):
+                raise ValueError(f"{account!r} is not a 12-digit AWS account id")
+        return value
