@@ -981,7 +981,9 @@ class ChitServer:
 
 # The variables `chit exchange` / `chit agent` read defaults from: tests pass them explicitly.
 CLIENT_ENV_VARIABLES = ("CHIT_URL", "CHIT_CA_FILE", "CHIT_SUBJECT_TOKEN_FILE", "CHIT_PROXY", "KUBERNETES_SERVICE_HOST",
-                        "AWS_EC2_METADATA_SERVICE_ENDPOINT", "GCE_METADATA_HOST", "SSL_CERT_FILE", "SSL_CERT_DIR")
+                        "AWS_EC2_METADATA_SERVICE_ENDPOINT", "GCE_METADATA_HOST", "SSL_CERT_FILE", "SSL_CERT_DIR",
+                        # A CI job's token sources (chit exchange --github-actions, --gitlab-ci, --buildkite)
+                        "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN", "CHIT_ID_TOKEN", "BUILDKITE_AGENT_ACCESS_TOKEN")
 # What clusters inject for a proxy, in the spellings urllib and httpx read; NO_PROXY emptied.
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
