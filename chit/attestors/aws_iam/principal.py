@@ -18,7 +18,7 @@ from chit.attestors.base import InvalidEvidence
 _ASSUMED_ROLE = re.compile(r"arn:(?P<partition>aws[a-z-]*):sts::(?P<account>\d{12}):assumed-role/(?P<role>[\w+=,.@-]{1,64})/(?P<session>[\w+=,.@-]{2,64})")
 _USER = re.compile(r"arn:(?P<partition>aws[a-z-]*):iam::(?P<account>\d{12}):user/(?:[\x21-\x7e]{0,510}/)?(?P<user>[\w+=,.@-]{1,64})")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_USER_ID = re.compile(r"[A-Z0-9]{16,128}(?::[\w+=,.@-]{2,64})?")
+_USER_ID = re.compile(r"[A-Za-z0-9]{12,128}(?::[\w+=,.@-]{2,64})?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +30,6 @@ class Principal:
 
 
 def principal(arn: str, account: str, user_id: str) -> Principal:
-    if not _USER_ID.fullmatch(user_id):
-        raise InvalidEvidence("STS's UserId is not an IAM unique id")
     if (match := _ASSUMED_ROLE.fullmatch(arn)) is not None:
         kind, name = "assumed-role", match["role"]
         facts = {
@@ -44,6 +42,8 @@ def principal(arn: str, account: str, user_id: str) -> Principal:
         facts = {"user_arn": arn, "user_name": name}
     else:
         raise InvalidEvidence("the caller is neither an assumed role nor an IAM user (root and federated users are not workloads)")
+    if not _USER_ID.fullmatch(user_id):
+        raise InvalidEvidence("STS's UserId is not an IAM unique id")
     if match["account"] != account:
         raise InvalidEvidence("STS's Account is not the ARN's")
     if not _SEGMENT.fullmatch(name) or name in (".", ".."):
