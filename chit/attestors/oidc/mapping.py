@@ -83,7 +83,7 @@ class SubjectTemplate:
         """ValueError unless every placeholder is a required string or integer fact and
         the literal text is made of path-segment characters."""
         literal = PLACEHOLDER.sub("x", self.template)
-        if not all(SEGMENT.fullmatch(segment) for segment in literal.split("/")):
+        if not all(SEGMENT.fullmatch(segment) and segment not in (".", "..") for segment in literal.split("/")):
             raise ValueError(f"subject {self.template!r}: segments of letters, digits, '.', '-', '_' and {{fact}} placeholders, joined by '/'")
         if not self.placeholders:
             raise ValueError(f"subject {self.template!r} names no fact: every workload of the issuer would be one subject")
