@@ -64,6 +64,7 @@ def test_the_agent_imports_only_the_standard_library(agent_env: Path) -> None:
     code = (
         "import sys, chit.cli, chit.agent.cli, chit.agent.sidecar\n"
         "import chit.attestors.kubernetes.collector, chit.attestors.aws_iid.collector, chit.attestors.gcp.collector\n"
+        "import chit.attestors.aws_iam.collector, chit.attestors.oidc.collector\n"
         # __main__ is this script, _distutils_hack the .pth hook setuptools puts in every virtualenv.
         "third = sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names) - {'chit', '__main__', '_distutils_hack'})\n"
         "server = sorted(m for m in sys.modules if m.startswith(('chit.server', 'chit.policy', 'chit.state')))\n"
@@ -71,6 +72,12 @@ def test_the_agent_imports_only_the_standard_library(agent_env: Path) -> None:
     )
     result = subprocess.run([str(agent_env / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[] []", result.stdout
+
+
+def test_aws_iam_without_the_aws_extra_says_how_to_get_it(agent_env: Path) -> None:
+    result = run(agent_env, "exchange", "--aws-iam", "--server", "http://127.0.0.1:9")
+    assert result.returncode == 1, result.stderr
+    assert "pip install 'chit[aws]'" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_the_agent_alone_exchanges_with_chit(agent_env: Path, chit: ChitServer, prod_issuer: ClusterIssuer, tmp_path: Path) -> None:
