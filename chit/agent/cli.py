@@ -15,8 +15,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from chit.attestors.base import CollectionFailed, Collector, PlatformAbsent
-from chit.attestors.aws_iam import SERVER_ID_HEADER
-from chit.attestors.aws_iam.collector import DEFAULT_STS_ENDPOINT
+from chit.attestors.aws_iam import DEFAULT_STS_ENDPOINT, SERVER_ID_HEADER
 from chit.attestors.aws_iid.collector import DEFAULT_NONCE_FILE, IMDS_URL
 from chit.attestors.gcp.collector import METADATA_URL
 from chit.attestors.kubernetes.collector import DEFAULT_TOKEN_FILE

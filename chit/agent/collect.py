@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Mapping
 
 from chit.attestors.base import CollectionFailed, Collector, PlatformAbsent, SubjectToken
-from chit.attestors.aws_iam.collector import DEFAULT_STS_ENDPOINT, AwsIamCollector
+from chit.attestors.aws_iam import DEFAULT_STS_ENDPOINT
+from chit.attestors.aws_iam.collector import AwsIamCollector
 from chit.attestors.aws_iid.collector import DEFAULT_NONCE_FILE, IMDS_URL, AwsIidCollector
 from chit.attestors.gcp.collector import METADATA_URL, GcpCollector
 from chit.attestors.kubernetes.collector import DEFAULT_TOKEN_FILE, KubernetesCollector

@@ -20,3 +20,4 @@ KIND = "aws_iam"
 # another service (or another chit) is not accepted here: Vault's X-Vault-AWS-IAM-Server-ID.
 SERVER_ID_HEADER = "X-Chit-Server-Id"
 GET_CALLER_IDENTITY = "Action=GetCallerIdentity&Version=2011-06-15"
+DEFAULT_STS_ENDPOINT = "https://sts.amazonaws.com/"  # the global endpoint, signed for us-east-1

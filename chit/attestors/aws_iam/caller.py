@@ -14,6 +14,7 @@ before it is parsed: no DTD, so no entity can be defined or expanded
 
 from __future__ import annotations
 
+import asyncio
 import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
@@ -42,11 +43,15 @@ def sts_client(timeout: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False, headers={"User-Agent": "chit"})
 
 
-async def get_caller_identity(client: httpx.AsyncClient, request: CheckedRequest) -> CallerIdentity:
+async def get_caller_identity(client: httpx.AsyncClient, request: CheckedRequest, timeout: float) -> CallerIdentity:
+    """POST the request to its endpoint; `timeout` bounds the whole call, answer included."""
     try:
-        async with client.stream("POST", request.endpoint, headers=dict(request.headers), content=request.body.encode()) as response:
-            status = response.status_code
-            body = await read_bounded(response.aiter_bytes(), MAX_ANSWER_BYTES, request.endpoint)
+        async with asyncio.timeout(timeout):
+            async with client.stream("POST", request.endpoint, headers=dict(request.headers), content=request.body.encode()) as response:
+                status = response.status_code
+                body = await read_bounded(response.aiter_bytes(), MAX_ANSWER_BYTES, request.endpoint)
+    except TimeoutError:
+        raise EvidenceUnavailable(f"STS ({request.endpoint}): no answer within {timeout:.1f} s") from None
     except BodyTooLarge:
         raise EvidenceUnavailable(f"STS ({request.endpoint}) answered more than {MAX_ANSWER_BYTES} bytes") from None
     except httpx.HTTPError as error:

@@ -12,15 +12,14 @@ library only.
 from __future__ import annotations
 
 import re
-from typing import Any
+from types import ModuleType
 from urllib.parse import urlsplit
 
-from chit.attestors.aws_iam import GET_CALLER_IDENTITY, KIND, SERVER_ID_HEADER
+from chit.attestors.aws_iam import DEFAULT_STS_ENDPOINT, GET_CALLER_IDENTITY, KIND, SERVER_ID_HEADER
 from chit.attestors.aws_iam.envelope import SignedRequest, encode_subject_token
 from chit.attestors.base import CollectionFailed, Collector, PlatformAbsent, SubjectToken
 from chit.protocol import TOKEN_TYPE_AWS_IAM
 
-DEFAULT_STS_ENDPOINT = "https://sts.amazonaws.com/"
 INSTALL_AWS = "pip install 'chit[aws]'"
 _REGIONAL = re.compile(r"sts(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?")
 
@@ -31,14 +30,16 @@ def signing_region(endpoint: str) -> str:
     return match.group(1) if match else "us-east-1"
 
 
-def _botocore() -> Any:
+def _botocore() -> ModuleType:
+    """botocore, with the submodules used here loaded; CollectionFailed naming the extra without it."""
     try:
+        import botocore.auth
+        import botocore.awsrequest
+        import botocore.exceptions
         import botocore.session
-        from botocore.auth import SigV4Auth
-        from botocore.awsrequest import AWSRequest
     except ImportError:
         raise CollectionFailed(f"--aws-iam needs botocore, which this installation does not have: {INSTALL_AWS}") from None
-    return botocore.session, SigV4Auth, AWSRequest
+    return botocore
 
 
 class AwsIamCollector(Collector):
@@ -50,23 +51,21 @@ class AwsIamCollector(Collector):
         self.region = region or signing_region(sts_endpoint)
 
     def collect(self) -> SubjectToken:
-        session_module, sigv4, aws_request = _botocore()
-        import botocore.exceptions
-
+        botocore = _botocore()
         try:
-            credentials = session_module.get_session().get_credentials()
+            credentials = botocore.session.get_session().get_credentials()
             frozen = None if credentials is None else credentials.get_frozen_credentials()
         except botocore.exceptions.BotoCoreError as error:
             raise CollectionFailed(f"the AWS SDK could not load credentials: {type(error).__name__}") from None
         if frozen is None or not frozen.access_key:
             raise PlatformAbsent("no AWS credentials found (none in the environment, the container credentials endpoint, a profile or IMDS)")
-        request = aws_request(
+        request = botocore.awsrequest.AWSRequest(
             method="POST",
             url=self.sts_endpoint,
             data=GET_CALLER_IDENTITY,
             headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8", SERVER_ID_HEADER: self.server_id},
         )
-        sigv4(frozen, "sts", self.region).add_auth(request)
+        botocore.auth.SigV4Auth(frozen, "sts", self.region).add_auth(request)
         headers = {name: value.decode() if isinstance(value, bytes) else value for name, value in request.headers.items()}
         signed = SignedRequest(method="POST", url=self.sts_endpoint, headers=headers, body=GET_CALLER_IDENTITY)
         return SubjectToken(encode_subject_token(signed), TOKEN_TYPE_AWS_IAM)

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
+from chit.attestors.aws_iam import DEFAULT_STS_ENDPOINT
 from chit.section import Milliseconds, Section
 from chit.urls import require_safe_url
 
@@ -21,7 +22,7 @@ class AwsIamSettings(Section):
     # The value of X-Chit-Server-Id a request must be signed with; None: chit's issuer URL.
     server_id: str | None = None
     # The STS endpoints a request may name, exactly as written (scheme, host, path "/").
-    sts_endpoints: Annotated[list[str], Field(min_length=1)] = ["https://sts.amazonaws.com/"]
+    sts_endpoints: Annotated[list[str], Field(min_length=1)] = [DEFAULT_STS_ENDPOINT]
     account_ids: Annotated[list[str], Field(min_length=1)] | None = None  # allowlist
     # IAM users hold long-lived keys and are people as often as workloads: refused unless allowed.
     allow_iam_users: bool = False

@@ -29,7 +29,8 @@ class AwsIamVerifier(DocumentVerifier):
         self.endpoints = frozenset(config.sts_endpoints)
         self.account_ids = None if config.account_ids is None else frozenset(config.account_ids)
         self.state = state
-        self.client = sts_client(config.timeout_ms / 1000)
+        self.timeout = config.timeout_ms / 1000
+        self.client = sts_client(self.timeout)
 
     async def verify(self, subject_token: str, now: float) -> Attestation:
         request = check_request(parse_subject_token(subject_token), self.endpoints, self.server_id, now)
@@ -38,7 +39,7 @@ class AwsIamVerifier(DocumentVerifier):
         valid_until = request.signed_at + MAX_SKEW_SECONDS
         key = "awsiam:once:" + hashlib.sha256(request.signature.encode()).hexdigest()
         replay_guard = await unused(self.state, key, valid_until - now + LEEWAY_SECONDS, "aws-iam signature")
-        caller = await get_caller_identity(self.client, request)
+        caller = await get_caller_identity(self.client, request, self.timeout)
         found = principal(caller.arn, caller.account, caller.user_id)
         if self.account_ids is not None and found.account_id not in self.account_ids:
             raise InvalidEvidence(f"account {found.account_id} is not allowed")

@@ -17,15 +17,7 @@ import subprocess
 from typing import Mapping
 from urllib.parse import urlencode, urlsplit
 
-from chit.attestors.base import (
-    CollectionFailed,
-    Collector,
-    PlatformAbsent,
-    SubjectToken,
-    evidence_object,
-    InvalidEvidence,
-    printable,
-)
+from chit.attestors.base import CollectionFailed, Collector, InvalidEvidence, PlatformAbsent, SubjectToken, evidence_object, printable
 from chit.attestors.oidc import KIND
 from chit.httpclient import TransportError, request
 from chit.protocol import TOKEN_TYPE_JWT
