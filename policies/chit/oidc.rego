@@ -10,8 +10,9 @@ package chit
 
 import rego.v1
 
-binding := oidc_entries[min(oidc_matching)] if {
-	count(oidc_matching) > 0
+binding := oidc_entries[i] if {
+	some i in oidc_matching
+	not i in oidc_preceded
 }
 
 oidc_entries := data.bindings.oidc[input.attestation.issuer_name][input.attestation.workload] if {
@@ -25,5 +26,12 @@ oidc_unmet contains i if {
 	not input.attestation[fact] in allowed
 }
 
-# (A set: the engines agree on its least member; `some i, e in` is not for comprehensions in rego-cpp.)
+# The positions of the entries that match (`some i, e in` is not for comprehensions in rego-cpp),
+# and of those that a matching entry comes before: the one left is the first.
 oidc_matching := {i | some i; oidc_entries[i]; not i in oidc_unmet}
+
+oidc_preceded contains i if {
+	some i in oidc_matching
+	some j in oidc_matching
+	j < i
+}
