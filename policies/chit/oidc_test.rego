@@ -7,17 +7,17 @@ import rego.v1
 # Written as decision_test.rego is (see there): input replaced key by key.
 
 ci_bindings := {"oidc": {
-	"github": {"65/74": [
-		{
-			"when": {"ref": ["refs/heads/main"], "event_name": ["push", "workflow_dispatch"]},
-			"scope": ["deploy:write", "read"], "audience": ["https://deploy.internal"],
-		},
-		{"scope": ["read"], "audience": ["https://deploy.internal"]},
-	]},
-	"gitlab": {"99/4242": [
-		{"when": {"ref_protected": [true], "ref_type": ["branch"]}, "scope": ["deploy:write", "read"], "audience": ["https://deploy.internal"]},
-		{"scope": ["read"], "audience": ["https://deploy.internal"]},
-	]},
+	"github": {"65/74": {
+		"when": {"ref": ["refs/heads/main"], "event_name": ["push", "workflow_dispatch"]},
+		"scope": ["deploy:write", "read"], "audience": ["https://deploy.internal"],
+		"otherwise": {"scope": ["read"], "audience": ["https://deploy.internal"]},
+	}},
+	"gitlab": {"99/4242": {
+		"when": {"ref_protected": [true], "ref_type": ["branch"]},
+		"scope": ["deploy:write", "read"], "audience": ["https://deploy.internal"],
+		"otherwise": {"scope": ["read"], "audience": ["https://deploy.internal"]},
+	}},
+	"buildkite": {"acme/deploy": {"when": {"build_branch": ["main"]}, "scope": ["deploy:write"]}},
 }}
 
 main_push := {
@@ -78,4 +78,14 @@ test_another_issuer_name_has_no_binding if {
 	b := ci_bindings
 	d := data.chit.decision with input.attestation as a with data.bindings as b
 	d.allow == false
+}
+
+test_no_otherwise_means_no_binding if {
+	a := {"kind": "oidc", "issuer_name": "buildkite", "workload": "acme/deploy", "build_branch": "feature"}
+	b := ci_bindings
+	d := data.chit.decision with input.attestation as a with data.bindings as b
+	d.allow == false
+	m := object.union(a, {"build_branch": "main"})
+	e := data.chit.decision with input.attestation as m with data.bindings as b
+	e.scope == ["deploy:write"]
 }

@@ -23,19 +23,15 @@ CI_BINDINGS = {
     "bindings": {
         "oidc": {
             "github": {
-                "65/74": [
-                    {"when": {"ref": ["refs/heads/main"], "event_name": ["push", "workflow_dispatch"]},
-                     "scope": ["deploy:write", "read"], "audience": [DEPLOY]},
-                    {"scope": ["read"], "audience": [DEPLOY]},
-                ]
+                "65/74": {"when": {"ref": ["refs/heads/main"], "event_name": ["push", "workflow_dispatch"]},
+                          "scope": ["deploy:write", "read"], "audience": [DEPLOY],
+                          "otherwise": {"scope": ["read"], "audience": [DEPLOY]}},
             },
             "gitlab": {
-                "99/4242": [
-                    {"when": {"ref_protected": [True], "ref_type": ["branch"]}, "scope": ["deploy:write", "read"], "audience": [DEPLOY]},
-                    {"scope": ["read"], "audience": [DEPLOY]},
-                ]
+                "99/4242": {"when": {"ref_protected": [True], "ref_type": ["branch"]}, "scope": ["deploy:write", "read"], "audience": [DEPLOY],
+                            "otherwise": {"scope": ["read"], "audience": [DEPLOY]}},
             },
-            "buildkite": {"acme/deploy": [{"when": {"build_branch": ["main"]}, "scope": ["deploy:write"], "audience": [DEPLOY]}]},
+            "buildkite": {"acme/deploy": {"when": {"build_branch": ["main"]}, "scope": ["deploy:write"], "audience": [DEPLOY]}},
         }
     }
 }
