@@ -1,5 +1,5 @@
 """Subject tokens for LLM providers' SDKs where no sidecar file can serve
-(docs/agents/llm-providers.md "Without a sidecar").
+(docs/providers/overview.md "Without a sidecar").
 
 `ChitTokenSource` is a callable that collects this workload's evidence, exchanges
 it at chit for a JWT with the provider's audience and returns that JWT: a fresh

@@ -221,14 +221,16 @@ def cmd_dev_token(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> None:
-    from chit.server.keys import KeySeries, rotate
+    from chit.server.keys import KeySeries, has_keys, rotate
 
     config = config_from_args(args)
     series = KeySeries(config.signing.series)
     if args.algorithm is not None and args.algorithm not in series.algorithms:
         fail(f"--algorithm {args.algorithm} is not in signing.algorithms ({', '.join(series.algorithms)})")
+    # An empty directory gets the first key of every series, each active at once: nothing has cached any.
+    grace = config.signing.rotation_grace_seconds if has_keys(config.signing.keys_dir) else 0
     for algorithm in [args.algorithm] if args.algorithm else series.algorithms:
-        key = rotate(config.signing.keys_dir, algorithm, config.signing.rotation_grace_seconds, series=series)
+        key = rotate(config.signing.keys_dir, algorithm, grace, series=series)
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(key.activates_at))
         print(f"added key {key.kid} ({key.algorithm}); published now, signs from {when}")
 

@@ -163,6 +163,10 @@ class _DirectoryLock:
         os.close(self._fd)
 
 
+def has_keys(keys_dir: Path) -> bool:
+    return keys_dir.is_dir() and bool(_key_files(keys_dir))
+
+
 def _load_keys(keys_dir: Path) -> list[SigningKey]:
     """Every readable key file, in activation order; unreadable ones are logged and skipped."""
     keys = []

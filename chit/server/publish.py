@@ -1,6 +1,6 @@
 """The issuer's documents for relying parties that cannot reach chit: `chit keys export`
 (the JWKS, for an inline registration) and `chit keys publish` (discovery and JWKS
-on static hosting, an S3 bucket), docs/operators/keys.md "Publishing the keys".
+on static hosting, an S3 bucket), docs/operators/keys.md "Exporting and publishing the keys".
 
 The documents are those chit serves, for the configured `issuer`: a relying party
 fetches `ISSUER/.well-known/openid-configuration`, checks that its `issuer` is the

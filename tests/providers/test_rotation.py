@@ -1,6 +1,6 @@
 """The chain keeps working across `chit keys rotate`: a provider that fetches chit's JWKS
 meets the new kid and refetches; an inline registration must be exported again after
-the rotation, before the new key signs (docs/operators/keys.md "Relying parties")."""
+the rotation, before the new key signs (docs/operators/keys.md "Exporting and publishing the keys")."""
 
 from __future__ import annotations
 

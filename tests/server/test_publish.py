@@ -90,3 +90,14 @@ def test_publish_to_a_missing_bucket_fails_clearly(config_file: Path, s3: MotoSe
     result = run_chit("keys", "publish", "--config", str(config_file), "--bucket", "no-such-bucket", "--endpoint-url", s3.url,
                       env=AWS_TEST_ENV)
     assert result.returncode == 1 and "cannot publish to s3://no-such-bucket" in result.stderr and "NoSuchBucket" in result.stderr
+
+
+def test_rotate_fills_an_empty_directory_with_a_signing_key_per_series(tmp_path: Path) -> None:
+    """What the Kubernetes Secret is made from: every series can sign at once."""
+    (tmp_path / "chit.yaml").write_text(yaml.safe_dump({"issuer": ISSUER, "signing": {"keys_dir": "keys", "algorithms": ["ES256", "RS256"]}}))
+    result = run_chit("keys", "rotate", "--config", str(tmp_path / "chit.yaml"))
+    assert result.returncode == 0, result.stderr
+    store = KeyStore(tmp_path / "keys", KeySeries(("ES256", "RS256")))
+    assert {store.signing_key(time.time(), a).algorithm for a in ("ES256", "RS256")} == {"ES256", "RS256"}
+    listed = run_chit("keys", "list", "--config", str(tmp_path / "chit.yaml"))
+    assert sorted((line.split()[1], line.split()[2]) for line in listed.stdout.splitlines()) == [("ES256", "signing"), ("RS256", "signing")]
