@@ -167,10 +167,10 @@ def has_keys(keys_dir: Path) -> bool:
     return keys_dir.is_dir() and bool(_key_files(keys_dir))
 
 
-def _load_keys(keys_dir: Path) -> list[SigningKey]:
+def _load_keys(keys_dir: Path, files: list[tuple[int, Path]] | None = None) -> list[SigningKey]:
     """Every readable key file, in activation order; unreadable ones are logged and skipped."""
     keys = []
-    for activation, path in _key_files(keys_dir):
+    for activation, path in _key_files(keys_dir) if files is None else files:
         try:
             keys.append(load_key_file(path, activation))
         except SigningKeyError as error:
@@ -275,18 +275,14 @@ class KeyStore:
         if listing == self._listing:
             return
         keys = []
-        for activation, path in files:
+        for key in _load_keys(self.keys_dir, files):
             try:
-                key = load_key_file(path, activation)
-                mode = path.stat().st_mode
-            except SigningKeyError as error:
-                log.error("%s", error)
-                continue
+                mode = key.path.stat().st_mode
             except OSError:  # removed since the scan: `chit keys rotate` retired it
                 continue
             keys.append(key)
             if mode & 0o077:
-                log.warning("signing key %s is readable by group or others", path)
+                log.warning("signing key %s is readable by group or others", key.path)
         self._keys = keys
         self._listing = listing
         log.info("signing keys loaded: %s", ", ".join(k.kid for k in keys) or "none")
