@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+from pathlib import Path
 from typing import Any, Mapping, Protocol
 
 from chit.policy.config import PolicySettings
@@ -43,9 +44,15 @@ class PolicyEngine(Protocol):
     async def close(self) -> None: ...
 
 
+def policy_dirs(settings: PolicySettings) -> list[Path]:
+    """`policy.dir` (else the shipped policies), then `policy.extra_dirs`."""
+    return [settings.dir or shipped_policy_dir(), *settings.extra_dirs]
+
+
 def policy_bundle(settings: PolicySettings) -> PolicyBundle:
     # Test modules never take part in a decision; the server leaves them out.
-    return load_policy_dir(settings.dir or shipped_policy_dir(), include_tests=False)
+    first, *extra = policy_dirs(settings)
+    return load_policy_dir(first, include_tests=False, extra_dirs=extra)
 
 
 def build_engine(settings: PolicySettings) -> PolicyEngine:
@@ -111,5 +118,6 @@ __all__ = [
     "build_engine",
     "parse_decision",
     "policy_bundle",
+    "policy_dirs",
     "policy_input",
 ]
