@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping, Protocol
 
 from chit.policy.config import PolicySettings
@@ -70,6 +71,15 @@ def build_engine(settings: PolicySettings) -> PolicyEngine:
     return EmbeddedEngine(policy_bundle(settings))
 
 
+def plain(value: Any) -> Any:
+    """The input as JSON-serializable plain containers (verified claims are read-only views)."""
+    if isinstance(value, (dict, MappingProxyType)):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
@@ -117,6 +127,7 @@ __all__ = [
     "PolicyUnavailable",
     "build_engine",
     "parse_decision",
+    "plain",
     "policy_bundle",
     "policy_dirs",
     "policy_input",
