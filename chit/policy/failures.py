@@ -34,6 +34,7 @@ class Probe:
 
     rule: str  # data.pkg.test_x
     module: str
+    line: int
     prefixes: tuple[str, ...]  # entrypoint of prefix k (k = 0 … n-1)
     operands: tuple[tuple[tuple[str, str], ...], ...]  # per expression: (operand text, entrypoint)
     expressions: tuple[Expression, ...]
@@ -94,7 +95,7 @@ def probes_for(test: Rule, module: Module) -> tuple[str, Probe] | None:
             texts.append(f"{value_name} := [__chit_value] if {{\n{prefix}\n\t__chit_value := {operand}{expression.with_text}\n}}")
             entries.append((operand, base + value_name))
         operand_entries.append(tuple(entries))
-    probe = Probe(f"data.{module.package}.{test.name}", module.name, tuple(prefixes), tuple(operand_entries), expressions)
+    probe = Probe(f"data.{module.package}.{test.name}", module.name, test.line, tuple(prefixes), tuple(operand_entries), expressions)
     return "\n\n# chit: failure probes\n\n" + "\n\n".join(texts) + "\n", probe
 
 

@@ -206,7 +206,7 @@ def prepare(modules: dict[str, str], tests: frozenset[str], *, move_input: bool 
             for rule in module.rules:
                 if rule.name.startswith("test_"):
                     set_aside.setdefault(f"data.{module.package}.{rule.name}", tainted_packages[module.package])
-            blanked[name].append((0, len(module.source)))
+            blanked[name] += [(rule.start, rule.end) for rule in module.rules]  # the package line stays: a module
 
     def inside_blank(name: str, offset: int) -> bool:
         return any(start <= offset < end for start, end in blanked[name])

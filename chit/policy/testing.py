@@ -167,9 +167,10 @@ class EmbeddedTests:
             appended = self._companions(group) if self.coverage else {}
             entrypoints = [t.entrypoint for t in tests if t.rule not in group.set_aside]
             entrypoints += [c.entrypoint for c in group.companions.values()]
-            group.policy = self._compile(modules, appended, entrypoints, prepared if not appended else None)
+            if entrypoints:  # else every test of the group is set aside
+                group.policy = self._compile(modules, appended, entrypoints, prepared if not appended else None)
             self.groups.append(group)
-        self.replay_policy = self._compile_replay() if self.coverage else None
+        self.replay_policy = self._compile_replay() if self.coverage and self.replay.queries else None
         self.covered: set[measuring.Branch] = set()
         self.compile_seconds = time.perf_counter() - started
 
@@ -230,7 +231,6 @@ class EmbeddedTests:
         """Each test in turn, reported as soon as it completes."""
         results = []
         for group in self.groups:
-            assert group.policy is not None
             for test in group.tests:
                 if test.rule in group.set_aside:
                     result = PolicyTestResult(test, "ERROR", 0.0, (group.set_aside[test.rule],))
@@ -309,7 +309,7 @@ def _diagnosis(policy: CompiledPolicy, probe: failures.Probe, module: Module) ->
             else:
                 lines.append(f"  {operand} = {failures.shown(shown_value[0]) if defined else 'undefined'}")
         return tuple(lines)
-    return (f"{module.name}: every expression of the test holds, but its value is not true",)
+    return (f"{module.name}:{probe.line}: every expression of the test holds, but its value is not true",)
 
 
 # --- OPA -----------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from chit.server.app import build_attestors, build_signatures
 from chit.server.audit import AuditLog
 from chit.server.config import Config
 from chit.server.exchange import HttpRequest, TokenExchange
-from chit.server.keys import KeyStore, SigningKeyError, ensure_signing_key
+from chit.server.keys import KeyStore, SigningKeyError, write_key_file
 from chit.server.signatures import ImageSignatures
 from chit.server.sts import STS_DURATION_SECONDS, AwsCredentials, StsIssuer, StsSession
 from chit.state import MemoryStore
@@ -273,7 +273,7 @@ async def evaluate_exchange(
     state = MemoryStore()
     recording = RecordingEngine(engine or build_engine(config.policy))
     with tempfile.TemporaryDirectory(prefix="chit-eval-") as keys_dir:
-        ensure_signing_key(Path(keys_dir), config.signing.algorithm)
+        write_key_file(Path(keys_dir), config.signing.algorithm, 0)  # active at any --now
         aws = AwsClients(config.aws)
         if document is not None:
             attestors: Any = GivenWorkload(document)
