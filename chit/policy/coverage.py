@@ -12,11 +12,16 @@ of package P collects the ids of the selected branches:
 
 A `default` rule is selected when no body of its rule holds.
 
-For coverage, each test expression that may reach a policy rule (directly, or
-through rules without `with` of their own) gets a companion rule in the test's
-module: the expressions before it, then `data.P.__chit_held` under the same
-`with` modifiers. Only branches of the rules that expression reaches count,
-and never those of a rule the expression replaces with `with`.
+For coverage, each test gets a companion rule in its module. For each of the
+test's expressions that may reach a policy rule (directly, or through rules
+without `with` of their own), it hands back the values of that expression's
+`with` modifiers, in the test's own bindings, once the expressions before it
+held. chit replays the expression on a second plan, the policy and its
+probes: the input it built goes in through `set_input`, the data it replaced
+through `with` in a query rule per combination of data paths the tests use
+(`Replay`). Only branches of the rules the expression reaches count, never
+those of a rule it replaces. (A modifier whose target is not a plain path,
+`input["x"]`, is not replayed: its expression counts nothing.)
 
 So a line is *covered* when a branch containing it was selected in some test:
 for the input and data a test expression built, the branch's expressions all

@@ -1,10 +1,10 @@
 """Tooling for policy authors on either engine: `chit policy test`, and what
 `chit policy eval --explain` asks the engine.
 
-`chit policy test` on the embedded engine compiles the policy directory once,
-tests included, into one plan with an entrypoint per test, then evaluates each
-test from it (rego-cpp compiles in hundreds of milliseconds, evaluates a test
-in about one). Tests run without an input, as `opa test` runs them; `with` is
+`chit policy test` on the embedded engine compiles the policy and its tests
+once, into a plan per group of test modules with an entrypoint per test, then
+evaluates each test from its plan (rego-cpp compiles in hundreds of
+milliseconds, evaluates a test in about one). Tests run without an input, as `opa test` runs them; `with` is
 made to work first (`chit.policy.suite`). A test passes when its rule is
 `true`; false or undefined fails; an evaluation error is an ERROR, and so is a
 test the engine cannot run (it is named, and the others run). After the run, a
@@ -18,7 +18,6 @@ asks OPA for decisions; a failure names the test's rule and line.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from chit.policy import coverage as measuring
 from chit.policy import failures, suite
 from chit.policy.bundle import PolicyBundle, PolicyLoadError, load_policy_dir
 from chit.policy.embedded import CompiledPolicy
-from chit.policy.opa import OpaEngine
 from chit.policy.source import Module, Rule, read_modules
 
 TOOLING_TIMEOUT = 10.0  # seconds per OPA request: a person waits, not an exchange
@@ -104,7 +102,7 @@ def _result(test: PolicyTest, value: Any, error: Exception | None, milliseconds:
     return PolicyTestResult(test, "FAIL", milliseconds)
 
 
-def test_groups(read: dict[str, Module], test_modules: frozenset[str]) -> list[frozenset[str]]:
+def plan_groups(read: dict[str, Module], test_modules: frozenset[str]) -> list[frozenset[str]]:
     """Test modules that must be compiled together: those of one package, and those that
     refer to another's package (a shared helper). rego-cpp evaluates an entrypoint in a
     time that grows with the size of the plan, so each group gets a plan of its own."""
@@ -126,7 +124,7 @@ def test_groups(read: dict[str, Module], test_modules: frozenset[str]) -> list[f
 
 
 @dataclass
-class TestGroup:
+class PlanGroup:
     """Test modules compiled together with the policy into one plan."""
 
     modules: frozenset[str]
@@ -139,7 +137,7 @@ class TestGroup:
 @dataclass
 class EmbeddedTests:
     """A policy directory's tests, compiled once for the embedded engine (a plan per group of
-    test modules: chit.policy.testing.test_groups)."""
+    test modules: chit.policy.testing.plan_groups)."""
 
     bundle: PolicyBundle
     select: re.Pattern[str] | None = None
@@ -158,12 +156,12 @@ class EmbeddedTests:
         if self.coverage:
             self.instrumentation = measuring.instrument(m for n, m in self.read.items() if n not in self.test_modules)
         self.groups = []
-        for modules in test_groups(self.read, self.test_modules):
+        for modules in plan_groups(self.read, self.test_modules):
             tests = [t for t in self.tests if t.module in modules]
             if not tests:
                 continue
             prepared = suite.prepare(self._modules(modules), modules)
-            group = TestGroup(modules, tests, prepared.set_aside)
+            group = PlanGroup(modules, tests, prepared.set_aside)
             appended = self._companions(group) if self.coverage else {}
             entrypoints = [t.entrypoint for t in tests if t.rule not in group.set_aside]
             entrypoints += [c.entrypoint for c in group.companions.values()]
@@ -183,7 +181,7 @@ class EmbeddedTests:
             if name in group or name not in self.test_modules
         }
 
-    def _companions(self, group: TestGroup) -> dict[str, str]:
+    def _companions(self, group: PlanGroup) -> dict[str, str]:
         """A coverage companion per test of the group (chit.policy.coverage), to append."""
         assert self.instrumentation is not None and self.graph is not None
         appended: dict[str, str] = {}
@@ -241,7 +239,7 @@ class EmbeddedTests:
                 results.append(result)
         return results
 
-    def _measure(self, group: TestGroup, test: PolicyTest) -> None:
+    def _measure(self, group: PlanGroup, test: PolicyTest) -> None:
         """Replay each expression of the test that reaches the policy: which branches held."""
         companion = group.companions.get(test.rule)
         if companion is None or self.instrumentation is None or self.replay_policy is None or group.policy is None:
@@ -319,6 +317,8 @@ class OpaQueries:
     """A running OPA server, through its REST API."""
 
     def __init__(self, opa_url: str):
+        from chit.policy.opa import OpaEngine  # httpx: only when OPA is asked
+
         self.engine = OpaEngine(opa_url, TOOLING_TIMEOUT)
         self.modules: dict[str, str] = {}
 
@@ -440,10 +440,6 @@ async def explain_on_opa(queries: OpaQueries, policy_input: dict[str, Any]) -> d
         except PolicyEvaluationError as error:
             rules.append(_rule_entry(name, locations, error=error))
     return {"decided_by": None, "held": None, "rules": rules}
-
-
-def result_json(result: PolicyTestResult) -> str:
-    return json.dumps({"rule": result.rule, "status": result.status, "where": result.test.where, "ms": round(result.milliseconds, 3), "detail": list(result.detail)})
 
 
 __all__ = [
