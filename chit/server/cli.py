@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable, NoReturn, Sequence
 
-from chit.server.config import CONFIG_ENV, RESOLVED_CONFIG_ENV, Config, ConfigError, load_config
+from chit.server import CONFIG_ENV, RESOLVED_CONFIG_ENV
 
 if TYPE_CHECKING:
+    from chit.server.config import Config
     from chit.state import StateStore
     from chit.server.tls import ReloadingCertificate
 
@@ -26,6 +27,8 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] = os.environ) -> Config:  # type: ignore[assignment]
     """--config FILE, else $CHIT_CONFIG."""
+    from chit.server.config import ConfigError, load_config
+
     path = getattr(args, "config", None) or environ.get(CONFIG_ENV)
     if not path:
         fail(f"no configuration: pass --config FILE or set {CONFIG_ENV}")
