@@ -26,6 +26,7 @@ from regopy import rego_shared
 from chit.policy import PolicyEvaluationError, PolicyInputUnrepresentable
 from chit.policy import dialect, regocpp
 from chit.policy.bundle import ENTRYPOINT, PolicyBundle, PolicyLoadError, format_compile_error
+from chit.policy.plancache import PlanCache
 
 log = logging.getLogger("chit.policy")
 
@@ -41,7 +42,8 @@ class CompiledPolicy:
     entrypoints (`pkg/rule`), each then evaluated without compiling again.
 
     `locate(module, offset)` names places in modules chit rewrote before compiling
-    (`chit.policy.suite`); `tests` are the modules that may use `with`.
+    (`chit.policy.suite`); `tests` are the modules that may use `with`; `cache`
+    keeps the plan for the next run of the same inputs (`chit.policy.plancache`).
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class CompiledPolicy:
         sources: dict[str, str] | None = None,
         tests: frozenset[str] = frozenset(),
         locate: Callable[[str, int], str | None] | None = None,
+        cache: PlanCache | None = None,
     ):
         sources = modules if sources is None else sources
         # `with` is refused before compiling in what is not a test: `with input as …` crashes the process.
@@ -61,25 +64,37 @@ class CompiledPolicy:
         if problems:
             raise PolicyLoadError(f"{root}: the embedded engine cannot run this policy:\n" + "\n".join(problems))
         self._interpreter = regopy.Interpreter()
+        key = cache.key(modules, data, entrypoints) if cache is not None else ""
+        loaded = cache.load(self._interpreter, key) if cache is not None else None
+        if loaded is not None:  # compiled from exactly these inputs, and checked, by an earlier run
+            self._plan = loaded
+        else:
+            self._plan = self._compile(root, modules, data, entrypoints, locate)
+        self._impl = self._interpreter._impl
+        self._plan_impl = self._plan._impl
+        if loaded is None:
+            try:
+                dialect.check(self._impl, self._plan_impl, sources, data, tests=tests)
+            except dialect.DialectError as error:
+                raise PolicyLoadError(f"{root}: the embedded engine would not decide as OPA does:\n{error}") from None
+            if cache is not None:
+                cache.save(self._interpreter, self._plan, key)
+        self.entrypoints = frozenset(entrypoints)
+        self._input_set = False
+
+    def _compile(self, root: Path, modules: dict[str, str], data: dict[str, Any], entrypoints: list[str], locate: Callable[[str, int], str | None] | None) -> Any:
         try:
             with regocpp.quiet_stdout():
                 for name, source in modules.items():
                     self._interpreter.add_module(name, source)
                 self._interpreter.add_data_json(json.dumps(data))
-                self._plan = self._interpreter.build(None, entrypoints)
+                plan = self._interpreter.build(None, entrypoints)
         except regopy.RegoError as error:
             detail = format_compile_error(str(error.args[0]) if error.args else "", modules, locate)
             raise PolicyLoadError(f"{root}: policy does not compile:\n{detail}") from None
-        if not self._plan.ok():
+        if not plan.ok():
             raise PolicyLoadError(f"{root}: policy does not compile")
-        self._impl = self._interpreter._impl
-        self._plan_impl = self._plan._impl
-        try:
-            dialect.check(self._impl, self._plan_impl, sources, data, tests=tests)
-        except dialect.DialectError as error:
-            raise PolicyLoadError(f"{root}: the embedded engine would not decide as OPA does:\n{error}") from None
-        self.entrypoints = frozenset(entrypoints)
-        self._input_set = False
+        return plan
 
     def evaluate(self, entrypoint: str, policy_input: Any = NO_INPUT, *, keep_sets: bool = False) -> Any:
         """The value of one entrypoint (None when undefined), for `policy_input`, or with

@@ -29,6 +29,7 @@ from chit.policy import coverage as measuring
 from chit.policy import failures, suite
 from chit.policy.bundle import PolicyBundle, PolicyLoadError, load_policy_dir
 from chit.policy.embedded import CompiledPolicy
+from chit.policy.plancache import PlanCache
 from chit.policy.source import Module, Rule, read_modules
 
 TOOLING_TIMEOUT = 10.0  # seconds per OPA request: a person waits, not an exchange
@@ -142,6 +143,7 @@ class EmbeddedTests:
     bundle: PolicyBundle
     select: re.Pattern[str] | None = None
     coverage: bool = False
+    cache: PlanCache | None = None  # plans kept between runs (chit.policy.plancache)
     tests: list[PolicyTest] = field(init=False)
     compile_seconds: float = field(init=False)
 
@@ -214,6 +216,7 @@ class EmbeddedTests:
             sources=self._modules(group),
             tests=group,
             locate=prepared.locate,
+            cache=self.cache,
         )
 
     def _compile_replay(self) -> CompiledPolicy:
@@ -223,7 +226,7 @@ class EmbeddedTests:
         replay = frozenset({measuring.REPLAY_MODULE})
         prepared = suite.prepare(modules, replay, move_input=True, keep_input=replay)
         entrypoints = [self.replay.entrypoint(name) for name in self.replay.queries.values()]
-        return CompiledPolicy(self.bundle.root, prepared.modules, self.bundle.data, entrypoints, tests=replay, locate=prepared.locate)
+        return CompiledPolicy(self.bundle.root, prepared.modules, self.bundle.data, entrypoints, tests=replay, locate=prepared.locate, cache=self.cache)
 
     def run(self, report: Report) -> list[PolicyTestResult]:
         """Each test in turn, reported as soon as it completes."""

@@ -339,6 +339,7 @@ def cmd_policy_test(args: argparse.Namespace) -> None:
 
     from chit.policy import PolicyUnavailable
     from chit.policy.bundle import PolicyLoadError, load_policy_dir
+    from chit.policy.plancache import PlanCache, default_directory
     from chit.policy.testing import EmbeddedTests
 
     started = time.perf_counter()
@@ -358,7 +359,8 @@ def cmd_policy_test(args: argparse.Namespace) -> None:
             results = asyncio.run(_opa_tests(args, opa_url, dirs, select, printer))
         else:
             bundle = load_policy_dir(dirs[0], require_decision=False, extra_dirs=dirs[1:])
-            suite = EmbeddedTests(bundle, select, coverage=args.coverage)
+            directory = None if args.no_cache else default_directory(os.environ)
+            suite = EmbeddedTests(bundle, select, coverage=args.coverage, cache=PlanCache(directory) if directory else None)
             if not suite.tests:
                 fail("no test_ rules match --run" if select else "no test_ rules found", 1)
             results = suite.run(printer)
@@ -627,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("-v", "--verbose", action="store_true", help="list every test as it completes, passing ones too")
     test.add_argument("-r", "--run", metavar="REGEX", help="run only the tests whose name (data.pkg.test_x) matches REGEX")
     test.add_argument("-c", "--coverage", action="store_true", help="report which lines of the policy the tests exercised (embedded engine)")
+    test.add_argument("--no-cache", action="store_true", help="compile every plan afresh (default: reuse the plans of unchanged tests, from $XDG_CACHE_HOME/chit/plans)")
     with_engine(test)
     test.set_defaults(handler=cmd_policy_test)
     evaluate = with_config(policy.add_parser("eval", help="the server's answer to one exchange, from a subject token or an input document"))
