@@ -35,13 +35,15 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from chit.policy.source import Module, Rule, code_only, is_keyword_at, line_of, matching_close, read_module
+from chit.policy.source import Module, Rule, code_only, line_of, matching_close, read_module
 
 INPUT_ROOT = "__chit_input__"
 _INPUT_TOKEN = re.compile(r"(?<![\w.$])input(?![\w])")
 _WITH = re.compile(r"(?<![\w.])with(?![\w])")
 _REFERENCE_START = re.compile(r"[A-Za-z_]")
 _LITERAL_WORDS = frozenset({"true", "false", "null"})
+# `with TARGET as`: the target may hold a blanked string (`input["a b"]`), never a newline.
+_TARGET = re.compile(r"[ \t]+(\S[^\n]*?)[ \t]+as[ \t]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +118,7 @@ def find_withs(module: Module) -> list[_With]:
     code = code_only(module.source)
     found = []
     for match in _WITH.finditer(code):
-        as_match = re.compile(r"\s+([^\s]+?)\s+as\s+").match(code, match.end())
+        as_match = _TARGET.match(code, match.end())
         if as_match is None:
             continue
         value_start = as_match.end()
@@ -180,10 +182,10 @@ def prepare(modules: dict[str, str], tests: frozenset[str], *, move_input: bool 
         if reason is None:
             continue
         rule = _rule_at(module, found.start)
-        where = f"{module.name}:{line_of(module.source, found.start)}"
-        message = f"not run: {where} {reason} (`with {found.target} as …`), which the embedded engine cannot do; run it on OPA (--engine opa)"
         if rule is None:
             continue
+        where = f"{module.name}:{line_of(module.source, found.start)}"
+        message = f"not run: {where} {reason} (`with {found.target} as …`), which the embedded engine cannot do; run it on OPA (--engine opa)"
         if rule.name.startswith("test_") and module.package:
             set_aside.setdefault(f"data.{module.package}.{rule.name}", message)
             blanked[module.name].append((rule.start, rule.end))
@@ -246,4 +248,4 @@ def is_test_module(name: str) -> bool:
     return name.endswith("_test.rego")
 
 
-__all__ = ["INPUT_ROOT", "PreparedModules", "find_withs", "is_keyword_at", "is_test_module", "prepare"]
+__all__ = ["INPUT_ROOT", "PreparedModules", "find_withs", "is_test_module", "mentions_package", "prepare"]

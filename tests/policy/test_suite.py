@@ -167,3 +167,11 @@ def test_the_server_still_refuses_with_outside_tests(tmp_path: Path) -> None:
     directory = suite_dir(tmp_path, "\ntest_x if { true }\n", policy=POLICY + '\nwrapped := v if { v := allow with input.user as "alice" }\n')
     with pytest.raises(PolicyLoadError, match="`with` is not supported by the embedded engine outside tests"):
         verdicts(directory)
+
+
+def test_a_target_with_a_quoted_key_is_rewritten_too(tmp_path: Path) -> None:
+    # The target's string is blanked while scanning: the modifier is still found, its value wrapped.
+    policy = POLICY + '\nspaced := input["a b"]\n'
+    tests = '\nseven := 7\n\ntest_holds if { data.p.spaced == 7 with input["a b"] as seven }\n\ntest_does_not_hold if { not data.p.spaced == 7 with input["a b"] as seven }\n'
+    results = verdicts(suite_dir(tmp_path, tests, policy=policy))
+    assert results["test_holds"][0] == "PASS" and results["test_does_not_hold"][0] == "FAIL"
