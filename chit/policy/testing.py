@@ -152,6 +152,7 @@ class EmbeddedTests:
         self.read = read_modules(self.bundle.modules)
         self.test_modules = frozenset(name for name in self.bundle.modules if suite.is_test_module(name))
         self.tests = find_tests(self.read.values(), self.select)
+        every_test = find_tests(self.read.values())
         self.instrumentation: measuring.Instrumentation | None = None
         self.replay = measuring.Replay()
         self.graph = measuring.RuleGraph.of(self.read) if self.coverage else None
@@ -165,7 +166,8 @@ class EmbeddedTests:
             prepared = suite.prepare(self._modules(modules), modules)
             group = PlanGroup(modules, tests, prepared.set_aside)
             appended = self._companions(group) if self.coverage else {}
-            entrypoints = [t.entrypoint for t in tests if t.rule not in group.set_aside]
+            # Every test of the group, selected or not: the same plan serves any --run (and its cache entry).
+            entrypoints = [t.entrypoint for t in every_test if t.module in modules and t.rule not in group.set_aside]
             entrypoints += [c.entrypoint for c in group.companions.values()]
             if entrypoints:  # else every test of the group is set aside
                 group.policy = self._compile(modules, appended, entrypoints, prepared if not appended else None)

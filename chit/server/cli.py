@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, NoReturn, Sequence
 
 from chit.server import CONFIG_ENV, RESOLVED_CONFIG_ENV
 
 if TYPE_CHECKING:
+    from chit.policy.coverage import ModuleCoverage
+    from chit.policy.testing import PolicyTestResult
     from chit.server.config import Config
     from chit.state import StateStore
     from chit.server.tls import ReloadingCertificate
@@ -274,14 +277,14 @@ class TestPrinter:
     def __init__(self, verbose: bool):
         self.verbose = verbose
 
-    def __call__(self, result) -> None:  # type: ignore[no-untyped-def]
+    def __call__(self, result: PolicyTestResult) -> None:
         if self.verbose or result.status != "PASS":
             print(f"{result.status}: {result.rule} ({result.milliseconds:.1f} ms)", flush=True)
             if result.status == "ERROR":
                 for line in result.detail:
                     print(f"  {line}", flush=True)
 
-    def failures(self, results: list, details: dict[str, tuple[str, ...]]) -> None:  # type: ignore[type-arg]
+    def failures(self, results: list[PolicyTestResult], details: dict[str, tuple[str, ...]]) -> None:
         failed = [r for r in results if r.status == "FAIL"]
         if not failed:
             return
@@ -291,7 +294,7 @@ class TestPrinter:
             for line in details.get(result.rule) or result.detail or ("the test's rule is not true",):
                 print(f"  {line}")
 
-    def summary(self, results: list, seconds: float, compile_seconds: float | None) -> None:  # type: ignore[type-arg]
+    def summary(self, results: list[PolicyTestResult], seconds: float, compile_seconds: float | None) -> None:
         print(self.RULE)
         total = len(results)
         for status in ("PASS", "FAIL", "ERROR"):
@@ -302,7 +305,7 @@ class TestPrinter:
         print(f"{total} tests in {seconds:.2f} s ({seconds / total * 1000:.1f} ms per test{compiled})")
 
 
-def _print_coverage(modules: list) -> None:  # type: ignore[type-arg]
+def _print_coverage(modules: list[ModuleCoverage]) -> None:
     from chit.policy.coverage import line_ranges
 
     print(f"{TestPrinter.RULE}\nCOVERAGE: lines of rule bodies selected in some test (docs/policy/testing.md#coverage)")
@@ -318,7 +321,7 @@ def _print_coverage(modules: list) -> None:  # type: ignore[type-arg]
     print(f"total: {100.0 * covered / measured if measured else 100.0:.1f}% ({covered}/{measured} lines)")
 
 
-async def _opa_tests(args: argparse.Namespace, opa_url: str, dirs: list[Path], select, printer: TestPrinter) -> list:  # type: ignore[no-untyped-def,type-arg]
+async def _opa_tests(args: argparse.Namespace, opa_url: str, dirs: list[Path], select: re.Pattern[str] | None, printer: TestPrinter) -> list[PolicyTestResult]:
     from chit.policy.testing import OpaQueries, require_same_modules, run_opa_tests
 
     queries = OpaQueries(opa_url)
@@ -335,7 +338,6 @@ def cmd_policy_test(args: argparse.Namespace) -> None:
     """Exit codes as `opa test --fail-on-empty`: 0 every test passed, 2 a test failed or
     errored, 1 the tests could not be run (nothing to run, a policy that does not load)."""
     import asyncio
-    import re
 
     from chit.policy import PolicyUnavailable
     from chit.policy.bundle import PolicyLoadError, load_policy_dir
@@ -404,7 +406,7 @@ def _read_text(path: str, what: str) -> str:
         raise  # unreachable
 
 
-async def _explain(config: Config, policy_input: dict) -> dict:  # type: ignore[type-arg]
+async def _explain(config: Config, policy_input: dict[str, Any]) -> dict[str, Any]:
     from chit.policy import policy_bundle
     from chit.policy.testing import EmbeddedExplainer, OpaQueries, explain_on_opa
 
@@ -417,10 +419,10 @@ async def _explain(config: Config, policy_input: dict) -> dict:  # type: ignore[
         await queries.close()
 
 
-def _document_request(document: dict, name: str | None) -> dict:  # type: ignore[type-arg]
+def _document_request(document: dict[str, Any], name: str | None) -> dict[str, Any]:
     """`request` and `now.unix` of an input document, checked."""
     request = document.get("request") or {}
-    given: dict = {}  # type: ignore[type-arg]
+    given: dict[str, Any] = {}
     if not isinstance(request, dict):
         fail(f"input {name}: request must be an object")
     for key in ("scope", "audience", "resource"):
@@ -453,7 +455,7 @@ def cmd_policy_eval(args: argparse.Namespace) -> None:
     from chit.strictjson import strict_json
 
     config = _eval_config(args)
-    document: dict | None = None  # type: ignore[type-arg]
+    document: dict[str, Any] | None = None
     token = None
     if args.input is not None:
         try:
@@ -480,7 +482,7 @@ def cmd_policy_eval(args: argparse.Namespace) -> None:
         requested_token_type=args.requested_token_type or given.get("requested_token_type"),
     )
 
-    async def run() -> dict:  # type: ignore[type-arg]
+    async def run() -> dict[str, Any]:
         answer = await evaluate_exchange(config, request, now, document=document, network=args.network)
         result = answer.document()
         if args.explain and answer.policy_input is not None:
