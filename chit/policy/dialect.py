@@ -59,11 +59,11 @@ _READING_STATEMENTS = frozenset(
         "rego-setaddstmt",
     }
 )
-_INPUT_AND_DATA = frozenset({"0", "1"})
+_INPUT_AND_DATA = frozenset({"0", "1"})  # every plan and function receives them as locals 0 and 1
 # rego-cpp names the functions it compiles from the policy `g0.data.…`, and each copy it
 # makes for a `with` context `g1.…`, `g2.…`.
 OWN_FUNCTION = re.compile(r"g\d+\.")
-WITH_COPY = re.compile(r"g[1-9]\d*\.")  # every plan and function receives them as locals 0 and 1
+WITH_COPY = re.compile(r"g[1-9]\d*\.")
 
 
 class DialectError(Exception):

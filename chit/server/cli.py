@@ -385,6 +385,8 @@ def _eval_config(args: argparse.Namespace) -> Config:
 
     config = _optional_config(args)
     if args.dev:
+        if not (Path(args.state_dir) / "dev-cluster" / "key.pem").is_file():
+            fail(f"no development cluster under {args.state_dir}: start `chit serve --dev` first (eval creates none)")
         config = dev_config(Path(args.state_dir), "127.0.0.1", 8400, config)
     elif config is None:
         config = parse_config({"issuer": "http://127.0.0.1:8400", "signing": {"keys_dir": ".chit/keys"}}, "(chit policy eval defaults)", Path.cwd())

@@ -230,3 +230,21 @@ def test_a_bad_now_or_input_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "input.json").write_text(json.dumps(DOCUMENT))
     result = chit_cli("policy", "eval", "--input", str(tmp_path / "input.json"), "--now", "2026-11-24T10:00:00")
     assert result.returncode == 2 and "needs its offset" in result.stderr
+
+
+def test_the_issues_example_a_dev_token_asking_for_demo_admin_is_invalid_scope(tmp_path: Path) -> None:
+    """Issue 17: eval showed `allow: true` with demo:read demo:write where the server answers invalid_scope."""
+    from chit.server.dev import prepare_dev_issuer
+
+    prepare_dev_issuer(tmp_path / ".chit")
+    assert chit_cli("dev", "token", "--namespace", "demo", "--service-account", "agent", "--output", "token.jwt", cwd=tmp_path).returncode == 0
+    result = chit_cli("policy", "eval", "--dev", "--subject-token", "token.jwt", "--scope", "demo:admin", cwd=tmp_path)
+    answer = json.loads(result.stdout)
+    assert (answer["status"], answer["error"]) == (400, "invalid_scope")
+    assert answer["decision"]["allow"] is True and answer["granted_scope"] == []
+    result = chit_cli("policy", "eval", "--dev", "--subject-token", "token.jwt", "--scope", "demo:read", cwd=tmp_path)
+    answer = json.loads(result.stdout)
+    assert (answer["status"], answer["granted_scope"], answer["granted_audience"]) == (200, ["demo:read"], ["https://demo.chit.invalid"])
+    result = chit_cli("policy", "eval", "--dev", "--state-dir", "elsewhere", "--subject-token", "token.jwt", cwd=tmp_path)
+    assert result.returncode == 2 and "no development cluster under elsewhere" in result.stderr
+    assert not (tmp_path / "elsewhere").exists()
