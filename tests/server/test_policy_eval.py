@@ -57,6 +57,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, 
         directory,
         {
             "policy": {"dir": str(copy_policy(directory / "policies", BINDINGS)), "extra_dirs": [str(local)]},
+            # An audience minted by another key series, with a lower cap (tokens.audiences).
+            "signing": {"keys_dir": "keys", "algorithms": ["ES256", "RS256"]},
+            "tokens": {"audiences": {"https://cache.internal": {"algorithm": "RS256", "ttl_seconds": 60}}},
             "attestors": {
                 "kubernetes": {
                     "clusters": [{"name": "prod", "issuer": PROD_ISSUER, "jwks_uri": documents.url("/prod/openid/v1/jwks"), "audiences": ["chit"]}]
@@ -79,6 +82,7 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "invalid_target: reserved audience by default": ({"service_account": "sts-first"}, {}),
     "ttl of the binding": ({"service_account": "short-lived"}, {}),
     "ttl of the evidence": ({"exp": 300}, {}),
+    "ttl and key series of the audience": ({}, {"audience": "https://cache.internal"}),
     "hours": ({"service_account": "office"}, {}),
     "deny rule of an extra directory": ({"namespace": "frozen"}, {}),
     "aws credentials without a role": ({}, {"requested_token_type": AWS_CREDENTIALS}),
