@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, NoReturn, Sequence
 
+from chit.protocol import TOKEN_TYPE_JWT
 from chit.server import CONFIG_ENV, RESOLVED_CONFIG_ENV
 
 if TYPE_CHECKING:
@@ -699,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("--subject-token", metavar="FILE", help="a subject token ('-': stdin), verified as the server verifies it")
     source.add_argument("--input", metavar="FILE", help="an input document ('-': stdin): its subject, attestation and images stand for verified facts")
-    evaluate.add_argument("--subject-token-type", default="urn:ietf:params:oauth:token-type:jwt", metavar="URN", help="default: the JWT token type")
+    evaluate.add_argument("--subject-token-type", default=TOKEN_TYPE_JWT, metavar="URN", help="default: the JWT token type")
     evaluate.add_argument("--scope", metavar="'A B'", help="the requested scope (space-separated)")
     evaluate.add_argument("--audience", action="append", metavar="URI", help="a requested audience (repeatable)")
     evaluate.add_argument("--resource", action="append", metavar="URI", help="a requested resource (repeatable)")
