@@ -163,10 +163,6 @@ class Module:
     imports: dict[str, str]  # alias -> imported reference (`data.lib.x`, `input.y`)
     rules: tuple[Rule, ...]
 
-    @property
-    def is_test(self) -> bool:
-        return self.name.endswith("_test.rego")
-
     def line(self, offset: int) -> int:
         return line_of(self.source, offset)
 

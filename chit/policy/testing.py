@@ -4,10 +4,11 @@
 `chit policy test` on the embedded engine compiles the policy and its tests
 once, into a plan per group of test modules with an entrypoint per test, then
 evaluates each test from its plan (rego-cpp compiles in hundreds of
-milliseconds, evaluates a test in about one). Tests run without an input, as `opa test` runs them; `with` is
-made to work first (`chit.policy.suite`). A test passes when its rule is
-`true`; false or undefined fails; an evaluation error is an ERROR, and so is a
-test the engine cannot run (it is named, and the others run). After the run, a
+milliseconds, evaluates a test in about one). Tests run without an input, as
+`opa test` runs them; `with` is made to work first (`chit.policy.suite`). A
+test passes when its rule is `true`; false or undefined fails; an evaluation
+error is an ERROR, and so is a test the engine cannot run (it is named, and
+the others run). After the run, a
 failing test is explained (`chit.policy.failures`), and with `coverage` the
 lines the tests exercised are measured (`chit.policy.coverage`).
 
