@@ -12,7 +12,8 @@ What eval does not share with a running server, and why:
 - **state**: a private in-memory store, never `state.backend`: eval binds no
   AWS nonce, uses up no GCP single-use token, counts against no rate limit, and
   does not see `chit revoke` (the operator's kill switch, not the policy's);
-- **keys**: a throwaway signing key; the token minted is dropped, never
+- **keys**: throwaway signing keys, one per series, so
+  `tokens.audiences` apply as in the server; the token minted is dropped, never
   printed (tokens issued by chit are still refused as evidence, by the
   configured keys when they can be read);
 - **AWS STS**: not called; every check on the decision runs, the credential is
