@@ -31,6 +31,10 @@ def compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return compiled
 
 
+# The shipped policy with only its tests of package chit_engine_test: one plan group.
+ONE_GROUP = shutil.ignore_patterns("decision_test.rego", "constraints_test.rego", "aws_iam_test.rego", "oidc_test.rego")
+
+
 def run(directory: Path, cache: PlanCache) -> dict[str, str]:
     suite = EmbeddedTests(load_policy_dir(directory, require_decision=False), cache=cache)
     return {r.rule: r.status for r in suite.run(lambda _: None)}
@@ -53,7 +57,7 @@ def test_an_unchanged_group_is_loaded_and_a_changed_one_compiled(tmp_path: Path,
 
 def test_a_change_to_the_data_compiles_again(tmp_path: Path, compiles: list[str]) -> None:
     policy = tmp_path / "policies"
-    shutil.copytree(ROOT / "policies", policy, ignore=shutil.ignore_patterns("decision_test.rego", "constraints_test.rego"))
+    shutil.copytree(ROOT / "policies", policy, ignore=ONE_GROUP)
     cache = PlanCache(tmp_path / "cache")
     run(policy, cache)
     (policy / "data.json").write_text('{"bindings": {}}')
@@ -64,7 +68,7 @@ def test_a_change_to_the_data_compiles_again(tmp_path: Path, compiles: list[str]
 
 def test_a_damaged_plan_is_compiled_again(tmp_path: Path, compiles: list[str]) -> None:
     policy = tmp_path / "policies"
-    shutil.copytree(ROOT / "policies", policy, ignore=shutil.ignore_patterns("decision_test.rego", "constraints_test.rego"))
+    shutil.copytree(ROOT / "policies", policy, ignore=ONE_GROUP)
     cache = PlanCache(tmp_path / "cache")
     run(policy, cache)
     (plan,) = (tmp_path / "cache").glob("*.rbb")
@@ -75,7 +79,7 @@ def test_a_damaged_plan_is_compiled_again(tmp_path: Path, compiles: list[str]) -
 
 def test_a_directory_others_can_write_to_is_not_used(tmp_path: Path, compiles: list[str]) -> None:
     policy = tmp_path / "policies"
-    shutil.copytree(ROOT / "policies", policy, ignore=shutil.ignore_patterns("decision_test.rego", "constraints_test.rego"))
+    shutil.copytree(ROOT / "policies", policy, ignore=ONE_GROUP)
     (tmp_path / "cache").mkdir()
     os.chmod(tmp_path / "cache", 0o777)
     cache = PlanCache(tmp_path / "cache")
