@@ -16,13 +16,13 @@ What eval does not share with a running server, and why:
   `tokens.audiences` apply as in the server; the token minted is dropped, never
   printed (tokens issued by chit are still refused as evidence, by the
   configured keys when they can be read);
-- **AWS STS**: not called; every check on the decision runs, the credential is
-  a placeholder and its lifetime 900 s, as STS's would be;
+- **AWS STS**: not asked for credentials; every check on the decision runs,
+  the credential is a placeholder and its lifetime 900 s, as STS's would be;
 - **audit**: nothing is written: the audit line is the answer;
 - **network**: this machine only (loopback), unless `--network`: a check that
-  needs another host (a JWKS, Google's certificates, a platform API, a
-  registry) answers 503 `temporarily_unavailable`, and the refused hosts are
-  listed.
+  needs another host (a JWKS, Google's certificates, a platform API, STS
+  for an aws-iam request, a registry) answers 503 `temporarily_unavailable`,
+  and the refused hosts are listed.
 
 With `--input`, the verified facts come from an input document instead of a
 token (`subject`, `attestation`, `images`, as chit builds them): verification
