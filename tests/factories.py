@@ -1864,13 +1864,15 @@ class RedisServer:
     """Debian's `redis-server` on a free loopback port, in memory only (no RDB, no AOF).
 
     `kill()` ends it at once (SIGKILL), `start()` brings it back on the same port,
-    `freeze()`/`thaw()` stop and continue it (connections stay open, nothing answers)."""
+    `freeze()`/`thaw()` stop and continue it (connections stay open, nothing answers).
+    `args` are more redis-server options (`--replicaof HOST PORT`, `--requirepass …`)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, *args: str, port: int | None = None):
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = args
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> RedisServer:
@@ -1879,11 +1881,11 @@ class RedisServer:
         log = open(self.directory / "redis.log", "ab")
         self.process = subprocess.Popen(
             ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), "--protected-mode", "yes"],
+             "--dir", str(self.directory), "--protected-mode", "yes", *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        client = self.client(timeout=1)
         deadline = time.time() + timeout
         try:
             while time.time() < deadline:
@@ -1898,10 +1900,11 @@ class RedisServer:
             client.close()
         raise RuntimeError(f"redis-server not ready after {timeout} s")
 
-    def client(self) -> Any:
+    def client(self, timeout: float = 5) -> Any:
         import redis
 
-        return redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=5, decode_responses=True)
+        password = self.args[self.args.index("--requirepass") + 1] if "--requirepass" in self.args else None
+        return redis.Redis(port=self.port, password=password, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
