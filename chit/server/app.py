@@ -33,11 +33,13 @@ from chit.server.config import Config
 from chit.server.errors import NO_STORE, InvalidRequest, OAuthError, TemporarilyUnavailable
 from chit.server.exchange import HttpRequest, TokenExchange
 from chit.server.introspection import active_claims, bearer_token, introspection_response, require_introspect_scope, verify_own_token
+from chit.server import tracing
 from chit.server.keys import KeyStore, ensure_signing_key
+from chit.server.readiness import Readiness
 from chit.server.signatures import ImageSignatures
 from chit.server.sts import StsIssuer
 from chit.server.token_request import parse_token_parameter, read_form_body
-from chit.state import StateStore, StateUnavailable, build_state_store
+from chit.state import StateUnavailable, build_state_store
 
 log = logging.getLogger("chit.app")
 
@@ -70,13 +72,6 @@ def error_response(error: OAuthError) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def state_ready(state: StateStore) -> bool:
-    try:
-        return await state.ping()
-    except StateUnavailable:
-        return False
-
-
 class Endpoints:
     """Every endpoint of chit, as a method taking a Starlette request."""
 
@@ -84,6 +79,7 @@ class Endpoints:
         self.config = config
         self.exchange = exchange
         self.metadata = json.dumps(server_metadata(config, exchange.keys)).encode()
+        self.readiness = Readiness(exchange)
 
     async def token(self, request: Request) -> Response:
         """RFC 8693 token exchange: the pipeline is `TokenExchange.handle`."""
@@ -94,6 +90,8 @@ class Endpoints:
                 content_type=request.headers.get("content-type"),
                 content_length=request.headers.get("content-length"),
                 body=request.stream(),
+                traceparent=request.headers.get("traceparent"),
+                tracestate=request.headers.get("tracestate"),
             ),
             time.time(),
         )
@@ -153,13 +151,14 @@ class Endpoints:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        checks = {
-            "signing_key": self.exchange.keys.signing_key(time.time()) is not None,
-            "policy": await self.exchange.policy.ready(),
-            "state": await state_ready(self.exchange.state),
-        }
+        """Each check passes or not; `reasons` says why for each one that does not."""
+        reasons = await self.readiness.check()
+        checks = {check: reason is None for check, reason in reasons.items()}
         ready = all(checks.values())
-        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+        if not ready:
+            body["reasons"] = {check: reason for check, reason in reasons.items() if reason is not None}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     def routes(self) -> list[Route]:
         return [
@@ -176,6 +175,7 @@ class Endpoints:
 
 
 def create_app(config: Config) -> Starlette:
+    tracing.start(config.tracing)
     exchange = build_exchange(config)
     endpoints = Endpoints(config, exchange)
 
@@ -183,6 +183,7 @@ def create_app(config: Config) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await exchange.close()
+        tracing.shutdown()
 
     app = Starlette(routes=endpoints.routes(), lifespan=lifespan)
     app.state.exchange = exchange

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable, NoReturn, Sequence
 from chit.server.config import CONFIG_ENV, RESOLVED_CONFIG_ENV, Config, ConfigError, load_config
 
 if TYPE_CHECKING:
+    from chit.server.logs import Log
     from chit.state import StateStore
     from chit.server.tls import ReloadingCertificate
 
@@ -48,6 +49,9 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
     else:
         base = config_from_args(args, environ) if has_file else None
         config = dev_config(Path(args.state_dir), args.host or "127.0.0.1", args.port or 8400, base)
+        if base is None or "format" not in base.log.model_fields_set:
+            # A person reads a --dev server's log: text, unless the file says otherwise.
+            config = config.model_copy(update={"log": config.log.model_copy(update={"format": "text"})})
     listen = config.listen.model_copy(
         update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     )
@@ -94,29 +98,37 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def start_server(config: Config, args: argparse.Namespace) -> None:
+    import logging
+    import logging.config
+
+    from chit.server import tracing
     from chit.server.app import build_exchange
     from chit.server.errors import OAuthError
     from chit.server.keys import SigningKeyError
+    from chit.server.logs import log_config
     from chit.policy.bundle import PolicyLoadError
     from chit.server.tls import CertificateError, ReloadingCertificate
 
     tls = config.listen.tls
     try:
         # Fail here, once, with a readable message, rather than in every worker.
+        tracing.check_available(config.tracing)
         exchange = build_exchange(config)
         certificate = None if tls is None else ReloadingCertificate(tls)
-    except (PolicyLoadError, SigningKeyError, ValueError, OSError, OAuthError, CertificateError) as error:
+    except (PolicyLoadError, SigningKeyError, ValueError, OSError, OAuthError, CertificateError, tracing.TracingUnavailable) as error:
         fail(str(error))
     exchange.audit.close()
+    # From here on this process logs as its workers do (a failed start above is one plain line).
+    logging.config.dictConfig(log_config(config.log))
+    log = logging.getLogger("chit.serve")
     os.environ[RESOLVED_CONFIG_ENV] = config.model_dump_json()
     base_url = f"{'http' if tls is None else 'https'}://{config.listen.host}:{config.listen.port}"
     mode = "dev mode" if config.dev else "production mode"
-    print(f"chit {mode}: listening on {base_url} ({args.workers} worker(s)); issuer {config.issuer}", file=sys.stderr)
+    log.info("chit %s: listening on %s (%s worker(s)); issuer %s", mode, base_url, args.workers, config.issuer)
     if config.listen.plain_http:
-        print(
-            f"chit: WARNING: listen.plain_http is true: plain HTTP on {config.listen.host}:{config.listen.port}, "
-            "subject tokens and issued tokens cross the network in clear unless something else encrypts them",
-            file=sys.stderr,
+        log.warning(
+            "listen.plain_http is true: plain HTTP on %s:%s, subject tokens and issued tokens cross the network "
+            "in clear unless something else encrypts them", config.listen.host, config.listen.port,
         )
     if config.dev:
         state = f" --state-dir {args.state_dir}" if args.state_dir != ".chit" else ""
@@ -128,13 +140,18 @@ def start_server(config: Config, args: argparse.Namespace) -> None:
             file=sys.stderr,
             flush=True,
         )
-    run_uvicorn("chit.server.app:app_from_environment", config.listen.host, config.listen.port, args.workers, certificate)
+    run_uvicorn(
+        "chit.server.app:app_from_environment", config.listen.host, config.listen.port, args.workers, certificate, config.log
+    )
 
 
-def run_uvicorn(factory: str, host: str, port: int, workers: int, certificate: ReloadingCertificate | None = None) -> None:
+def run_uvicorn(
+    factory: str, host: str, port: int, workers: int, certificate: ReloadingCertificate | None = None, log: Log | None = None
+) -> None:
     """Serve an app factory with chit's HTTP settings (also used by the benchmarks' floors);
     over HTTPS with `certificate` (each worker process loads its own from the same files)."""
     from chit.server.http import MAX_CONNECTIONS_PER_WORKER, LimitedHttpToolsProtocol
+    from chit.server.logs import Log, log_config
     from chit.server.workers import Supervisor, serve
 
     settings = dict(
@@ -150,7 +167,7 @@ def run_uvicorn(factory: str, host: str, port: int, workers: int, certificate: R
         proxy_headers=False,
         timeout_graceful_shutdown=30,
         limit_concurrency=MAX_CONNECTIONS_PER_WORKER,
-        log_config=_log_config(),
+        log_config=log_config(log or Log()),
     )
     if workers <= 1:
         serve(settings, certificate=certificate)
@@ -164,20 +181,6 @@ def _has_uvloop() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _log_config() -> dict:
-    """Operational logs go to stderr; stdout is reserved for the audit log."""
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
-        "loggers": {
-            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-            "chit": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-        },
-    }
 
 
 # --- chit dev token ---------------------------------------------------------------

@@ -39,7 +39,9 @@ from chit.server.audit import AuditLog
 from chit.server.config import MAX_TOKEN_TTL, Config
 from chit.server.errors import NO_STORE, InvalidRequest, OAuthError, PolicyDenied, ServerError, TemporarilyUnavailable
 from chit.server.grant import Grant, grant
+from chit.server import tracing
 from chit.server.keys import KeyStore, SigningKey
+from chit.server.logs import DECISION_ID
 from chit.server.mint import TYP_ACCESS_TOKEN, TYP_JWT, mint_jwt
 from chit.server.ratelimit import RateLimits
 from chit.server.reserved_audience import WEB_IDENTITY_AUDIENCE, refuse_reserved_grant
@@ -87,6 +89,9 @@ class HttpRequest:
     content_type: str | None
     content_length: str | None
     body: AsyncIterable[bytes]
+    # W3C Trace Context: the caller's trace, continued when tracing is on.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +137,28 @@ class TokenExchange:
         self.limits = RateLimits(config.rate_limits, state)
 
     async def handle(self, http: HttpRequest, now: float) -> Outcome:
+        """One POST /token: every log line meanwhile carries its decision_id, and with
+        tracing on it is one span, continuing the caller's trace."""
+        decision_id = new_decision_id()
+        logged = DECISION_ID.set(decision_id)
+        trace_context = {name: value for name, value in (("traceparent", http.traceparent), ("tracestate", http.tracestate)) if value}
+        try:
+            with tracing.exchange_span(trace_context) as span:
+                outcome = await self.pipeline(http, now, decision_id)
+                audit = outcome.audit
+                tracing.annotate(
+                    span,
+                    {"chit.decision_id": decision_id, "chit.outcome": audit["outcome"], "chit.kind": audit["kind"],
+                     "oauth.error": audit["error"], "http.response.status_code": outcome.status},
+                    failed=outcome.status >= 500,
+                )
+                return outcome
+        finally:
+            DECISION_ID.reset(logged)
+
+    async def pipeline(self, http: HttpRequest, now: float, decision_id: str) -> Outcome:
         """One POST /token, from its raw parts to the response and the audit line."""
         started = time.perf_counter()
-        decision_id = new_decision_id()
         request: TokenRequest | None = None
         subject: Attestation | None = None
         decision: Decision | None = None
@@ -179,6 +203,7 @@ class TokenExchange:
 
     # --- attest -----------------------------------------------------------------------------
 
+    @tracing.step("chit.attest")
     async def attest(self, parameter: str, token_type: str, token: str, now: float) -> Attestation:
         """A subject or actor token verified by its attestor: the facts where the workload runs."""
         started = time.perf_counter()
@@ -191,6 +216,7 @@ class TokenExchange:
         finally:
             metrics.ATTEST_SECONDS.observe(metrics.since(started))
 
+    @tracing.step("chit.admit")
     async def admit(self, role: str, attestation: Attestation, now: float) -> None:
         """The subject's rate limit (docs/reference/http-api.md "Rate limits": requests that attest count
         against their subject), and the operator's revocations for subject and actor."""
@@ -218,6 +244,7 @@ class TokenExchange:
 
     # --- enrich -----------------------------------------------------------------------------
 
+    @tracing.step("chit.enrich")
     async def enrich(self, subject: Attestation, actor: Attestation | None) -> tuple[Attestation, Attestation | None]:
         """Platform API checks and facts (pod lookup, instance state); for the actor too:
         a leaked token of a deleted pod is no actor."""
@@ -233,6 +260,7 @@ class TokenExchange:
 
     # --- decide -----------------------------------------------------------------------------
 
+    @tracing.step("chit.decide")
     async def decide(self, subject: Attestation, actor: Attestation | None, request: TokenRequest, now: float) -> Decision:
         """The policy's decision on the verified facts and the request: evaluation errors
         and malformed decisions are denials, an engine that cannot answer a 503."""
@@ -271,6 +299,7 @@ class TokenExchange:
 
     # --- mint -------------------------------------------------------------------------------
 
+    @tracing.step("chit.mint")
     async def mint(
         self,
         request: TokenRequest,
@@ -364,6 +393,7 @@ class TokenExchange:
         # with these credentials): as the credential's id it links audit and CloudTrail.
         return Issued(response, expires_in, credentials.access_key_id)
 
+    @tracing.step("chit.state")
     async def commit_replay_guards(self, *attestations: Attestation | None) -> None:
         for attestation in attestations:
             if attestation is not None and attestation.replay_guard is not None:
