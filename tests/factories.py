@@ -320,11 +320,13 @@ class DocumentServer:
     `failures[path] = status` makes a path answer that status, `delays[path]`
     makes it slow, `headers[path]` adds response headers (e.g. Cache-Control),
     `redirects[path] = url` answers 302 to `url`; `stop()` closes the socket.
+    `request_headers[path]` lists the headers of each request, in order.
     """
 
     def __init__(self) -> None:
         self.documents: dict[str, Any] = {}
         self.hits: dict[str, int] = {}
+        self.request_headers: dict[str, list[dict[str, str]]] = {}
         self.failures: dict[str, int] = {}
         self.delays: dict[str, float] = {}
         self.headers: dict[str, dict[str, str]] = {}
@@ -334,6 +336,7 @@ class DocumentServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                server.request_headers.setdefault(self.path, []).append({k.lower(): v for k, v in self.headers.items()})
                 if self.path in server.delays:
                     time.sleep(server.delays[self.path])
                 if self.path in server.redirects:

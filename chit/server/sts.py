@@ -31,6 +31,7 @@ from typing import Any, Mapping
 from chit.attestors.base import Attestation
 from chit.aws import AwsClients, AwsRefused, AwsUnavailable
 from chit.server.config import Aws
+from chit.server import tracing
 from chit.server.errors import InvalidRequest, PolicyDenied, TemporarilyUnavailable
 from chit.policy.decision import AwsGrant
 
@@ -152,6 +153,7 @@ class StsIssuer:
         parameters["TransitiveTagKeys"] = transitive
         return StsSession("assume_role", parameters)
 
+    @tracing.step("chit.sts")
     async def assume(self, session: StsSession, web_identity_token: str | None = None) -> AwsCredentials:
         """Credentials from STS; `web_identity_token` is chit's JWT carrying the session's
         web-identity claims (web_identity mode, where the call is unsigned)."""
