@@ -384,6 +384,11 @@ return tostring(wait)
     async def ping(self) -> bool:
         return bool(await self._call("ping", self._redis.ping()))
 
+    async def replicas(self) -> int:
+        """The primary's replicas online now (`chit doctor` holds them to `wait_for_replicas`)."""
+        info = await self._call("info", self._redis.info("replication"))
+        return sum(1 for name, value in info.items() if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online")
+
     async def close(self) -> None:
         await self._redis.aclose()
         await self._pool.disconnect()

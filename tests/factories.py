@@ -1160,12 +1160,14 @@ class KubernetesApiStandIn(DocumentServer):
     as the API server's service-account authenticator does; `reviews[pod name]`
     may rewrite the answer's status for negative tests. Pods come from `pods`.
     Every request must carry `Authorization: Bearer <credential>` (chit's
-    token_file), else 401.
+    token_file), else 401. A SelfSubjectAccessReview is allowed for the
+    (verb, group, resource) in `permissions` (by default what chit's ClusterRole grants).
     """
 
     def __init__(self, issuer: ClusterIssuer, credential: str) -> None:
         self.issuer = issuer
         self.credential = credential
+        self.permissions: set[tuple[str, str, str]] = {("create", "authentication.k8s.io", "tokenreviews"), ("get", "", "pods")}
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.reviews: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
         self.requests: list[tuple[str, str, Any]] = []
@@ -1231,6 +1233,13 @@ class KubernetesApiStandIn(DocumentServer):
                     spec = json.loads(body)["spec"]
                     return self.answer(201, {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
                                              "metadata": {"creationTimestamp": None}, "spec": spec, "status": api.review(spec)})
+                if method == "POST" and self.path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews":
+                    spec = json.loads(body)["spec"]
+                    asked = spec["resourceAttributes"]
+                    allowed = (asked.get("verb"), asked.get("group", ""), asked.get("resource")) in api.permissions
+                    status = {"allowed": allowed} if allowed else {"allowed": False, "reason": "no RBAC policy matched"}
+                    return self.answer(201, {"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+                                             "metadata": {"creationTimestamp": None}, "spec": spec, "status": status})
                 parts = self.path.split("/")
                 if method == "GET" and len(parts) == 7 and parts[1:4] == ["api", "v1", "namespaces"] and parts[5] == "pods":
                     pod = api.pods.get((parts[4], parts[6]))

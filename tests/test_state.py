@@ -12,18 +12,10 @@ import pytest
 
 from chit.state import MemoryStore, RedisStore, Sentinel, State, StateStore, StateUnavailable, build_state_store
 from tests.factories import RedisServer, free_port
+from tests.conftest import SENTINEL_PASSWORD as PASSWORD
 from tests.redis_sentinel import SERVICE, SentinelGroup
 
 Scenario = Callable[[StateStore], Awaitable[None]]
-PASSWORD = "s3ntinel-and-redis-password"
-
-
-@pytest.fixture(scope="module")
-def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
-    """A primary, its replica and three sentinels, every one of them password-protected."""
-    group = SentinelGroup(tmp_path_factory.mktemp("sentinel"), password=PASSWORD).start()
-    yield group
-    group.stop()
 
 
 def sentinel_store(group: SentinelGroup, *, wait_for_replicas: int = 1, timeout: float = 2.0, password: str = PASSWORD) -> RedisStore:

@@ -347,6 +347,27 @@ def cmd_config_check(args: argparse.Namespace) -> None:
     print(f"{args.config or os.environ.get(CONFIG_ENV)}: configuration and {policy}")
 
 
+# --- chit doctor -----------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> None:
+    """Every dependency the configuration names, asked as chit asks it: one line per check,
+    the reason of each failure; exit 1 if any check failed (warnings do not fail)."""
+    import asyncio
+
+    from chit.server.doctor import examine
+
+    config = config_from_args(args)
+    print(f"chit doctor: {args.config or os.environ.get(CONFIG_ENV)}")
+    findings = asyncio.run(examine(config))
+    for finding in findings:
+        print(finding.line())
+    failed = sum(f.status == "fail" for f in findings)
+    warned = sum(f.status == "warn" for f in findings)
+    print(f"chit doctor: {failed} failed, {warned} warning(s), {len(findings) - failed - warned} ok")
+    raise SystemExit(1 if failed else 0)
+
+
 # --- chit aws -------------------------------------------------------------------------
 
 
@@ -480,6 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--subject", required=True, metavar="SPIFFE_ID", help="the workload's SPIFFE ID (its tokens' sub)")
     revoke.add_argument("--lift", action="store_true", help="allow the subject's exchanges again")
     revoke.set_defaults(handler=cmd_revoke)
+
+    doctor = with_config(commands.add_parser(
+        "doctor", help="check a configuration against the world: Redis, OPA, cluster keys and APIs, AWS, Google, files"))
+    doctor.set_defaults(handler=cmd_doctor)
 
     config = commands.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)
     with_config(config.add_parser("check", help="validate a configuration and compile its policy")).set_defaults(

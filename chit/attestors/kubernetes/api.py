@@ -113,6 +113,7 @@ class ClusterApi:
         self.timeout = cluster.api.timeout_ms / 1000
         self._client = client.ApiClient(api_configuration(cluster))
         self._authentication = client.AuthenticationV1Api(self._client)
+        self._authorization = client.AuthorizationV1Api(self._client)
         self._core = client.CoreV1Api(self._client)
         self._threads = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix=f"k8s-{cluster.name}")
 
@@ -188,6 +189,14 @@ class ClusterApi:
             else:
                 images.append(ContainerImage(container.image or "", None))
         return tuple(images)
+
+    async def allowed(self, verb: str, resource: str, group: str = "") -> bool:
+        """May chit's own credential `verb` `resource` in every namespace? A
+        SelfSubjectAccessReview, which every authenticated user may create (`chit doctor`)."""
+        attributes = client.V1ResourceAttributes(verb=verb, resource=resource, group=group)
+        body = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes))
+        review = await self._call("SelfSubjectAccessReview", self._authorization.create_self_subject_access_review, body)
+        return review.status is not None and review.status.allowed is True
 
     async def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
