@@ -116,7 +116,7 @@ class Endpoints:
                 log.info("token %s of %s revoked by its holder", claims["jti"], claims["sub"])
         except StateUnavailable as error:
             # RFC 7009 §2.2.1: on a 503 "the client must assume the token still exists".
-            return error_response(TemporarilyUnavailable("cannot record the revocation right now", detail=str(error)))
+            return error_response(TemporarilyUnavailable("cannot record the revocation right now", cause="state", detail=str(error)))
         except OAuthError as error:
             return error_response(error)
         return Response(status_code=200, headers=NO_STORE)
@@ -134,6 +134,9 @@ class Endpoints:
         return JSONResponse(body, headers=NO_STORE)
 
     async def metrics(self, request: Request) -> Response:
+        active = self.exchange.keys.signing_key(time.time())
+        if active is not None:
+            metrics.SIGNING_KEY_ACTIVATED.set(active.activates_at)
         body, content_type = metrics.exposition()
         return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 

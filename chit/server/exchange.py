@@ -184,6 +184,8 @@ class TokenExchange:
         record = audit_record(decision_id, now, started, http.client, request, subject, decision, granted, issued, error)
         self.audit.write(record)
         metrics.EXCHANGES.labels(record["outcome"], record["kind"] or "none", record["error"] or "none").inc()
+        if isinstance(error, TemporarilyUnavailable):
+            metrics.UNAVAILABLE.labels(error.cause).inc()
         metrics.EXCHANGE_SECONDS.observe(record["latency_ms"] / 1000)
         if error is not None:
             return Outcome(*error.answer(decision_id), audit=record)
@@ -212,7 +214,7 @@ class TokenExchange:
         except InvalidEvidence as error:
             raise InvalidRequest(f"{parameter} invalid: {error}") from None
         except EvidenceUnavailable as error:
-            raise TemporarilyUnavailable(f"cannot verify the {parameter} right now", detail=f"{parameter}: {error}") from None
+            raise TemporarilyUnavailable(f"cannot verify the {parameter} right now", cause="attestation", detail=f"{parameter}: {error}") from None
         finally:
             metrics.ATTEST_SECONDS.observe(metrics.since(started))
 
@@ -238,7 +240,7 @@ class TokenExchange:
         try:
             revoked = await self.revocations.subject_revoked(subject)
         except StateUnavailable as error:
-            raise TemporarilyUnavailable("cannot check revocations right now", detail=f"revocations: {error}") from None
+            raise TemporarilyUnavailable("cannot check revocations right now", cause="state", detail=f"revocations: {error}") from None
         if revoked:
             raise PolicyDenied("the exchange is not permitted", detail=f"{role} {subject} is revoked (chit revoke --subject)")
 
@@ -256,7 +258,7 @@ class TokenExchange:
         except InvalidEvidence as error:
             raise InvalidRequest(f"{parameter} invalid: {error}") from None
         except EvidenceUnavailable as error:
-            raise TemporarilyUnavailable("cannot verify the workload right now", detail=f"{parameter}: {error}") from None
+            raise TemporarilyUnavailable("cannot verify the workload right now", cause="platform_api", detail=f"{parameter}: {error}") from None
 
     # --- decide -----------------------------------------------------------------------------
 
@@ -283,7 +285,7 @@ class TokenExchange:
             # A fact the engine would mangle is refused, never decided on in another form.
             raise InvalidRequest("the workload's facts cannot be evaluated by this server's policy engine", detail=str(error)) from None
         except PolicyUnavailable as error:
-            raise TemporarilyUnavailable("the policy engine is unavailable", detail=str(error)) from None
+            raise TemporarilyUnavailable("the policy engine is unavailable", cause="policy", detail=str(error)) from None
         finally:
             metrics.POLICY_SECONDS.observe(metrics.since(started))
         return parse_decision(value)
@@ -349,7 +351,7 @@ class TokenExchange:
     def signing_key(self, now: float) -> SigningKey:
         key = self.keys.signing_key(now)
         if key is None:
-            raise TemporarilyUnavailable("no signing key is active", detail=f"no active key in {self.keys.keys_dir}")
+            raise TemporarilyUnavailable("no signing key is active", cause="signing_key", detail=f"no active key in {self.keys.keys_dir}")
         return key
 
     async def mint_aws_credentials(self, subject: Attestation, actor: Attestation | None, decision: Decision, now: float) -> Issued:
@@ -402,7 +404,7 @@ class TokenExchange:
                 except InvalidEvidence as error:
                     raise InvalidRequest(f"subject_token invalid: {error}") from None
                 except EvidenceUnavailable as error:
-                    raise TemporarilyUnavailable("cannot record the exchange right now", detail=str(error)) from None
+                    raise TemporarilyUnavailable("cannot record the exchange right now", cause="state", detail=str(error)) from None
 
     async def close(self) -> None:
         await self.attestors.close()

@@ -166,7 +166,7 @@ class StsIssuer:
         try:
             answer = await self.clients.call("sts", self.config.region, operation, parameters, unsigned=unsigned)
         except AwsUnavailable as error:
-            raise TemporarilyUnavailable("AWS STS is unavailable", detail=str(error)) from None
+            raise TemporarilyUnavailable("AWS STS is unavailable", cause="sts", detail=str(error)) from None
         except AwsRefused as error:
             # The policy granted a role AWS will not hand over (trust policy, session
             # policy, tags): a refusal of this exchange, not an outage.
@@ -182,4 +182,4 @@ class StsIssuer:
                 expiration=credentials["Expiration"],
             )
         except KeyError:
-            raise TemporarilyUnavailable("AWS STS is unavailable", detail=f"sts {operation}: incomplete answer") from None
+            raise TemporarilyUnavailable("AWS STS is unavailable", cause="sts", detail=f"sts {operation}: incomplete answer") from None
