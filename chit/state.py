@@ -85,6 +85,8 @@ class State(Section):
             raise ValueError("backend redis needs redis_url (or sentinel)")
         if self.backend == "memory" and (self.sentinel or self.wait_for_replicas or self.password_file):
             raise ValueError("sentinel, password_file and wait_for_replicas need backend: redis")
+        if self.password_file and self.redis_url and urlsplit(self.redis_url).password:
+            raise ValueError("the password is given twice: in redis_url and in password_file (keep the file)")
         return self
 
     def where(self) -> str:

@@ -28,12 +28,12 @@ from chit.attestors.routing import AttestorRouter
 from chit.aws import AwsClients
 from chit.policy import build_engine
 from chit.protocol import GRANT_TYPE_TOKEN_EXCHANGE
+from chit.server import tracing
 from chit.server.audit import AuditLog
 from chit.server.config import Config
 from chit.server.errors import NO_STORE, InvalidRequest, OAuthError, TemporarilyUnavailable
 from chit.server.exchange import HttpRequest, TokenExchange
 from chit.server.introspection import active_claims, bearer_token, introspection_response, require_introspect_scope, verify_own_token
-from chit.server import tracing
 from chit.server.keys import KeyStore, ensure_signing_key
 from chit.server.readiness import Readiness
 from chit.server.signatures import ImageSignatures

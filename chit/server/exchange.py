@@ -35,11 +35,11 @@ from chit.policy import (
     policy_input,
 )
 from chit.policy.decision import Decision
+from chit.server import tracing
 from chit.server.audit import AuditLog
 from chit.server.config import MAX_TOKEN_TTL, Config
 from chit.server.errors import NO_STORE, InvalidRequest, OAuthError, PolicyDenied, ServerError, TemporarilyUnavailable
 from chit.server.grant import Grant, grant
-from chit.server import tracing
 from chit.server.keys import KeyStore, SigningKey
 from chit.server.logs import DECISION_ID
 from chit.server.mint import TYP_ACCESS_TOKEN, TYP_JWT, mint_jwt
@@ -141,9 +141,8 @@ class TokenExchange:
         tracing on it is one span, continuing the caller's trace."""
         decision_id = new_decision_id()
         logged = DECISION_ID.set(decision_id)
-        trace_context = {name: value for name, value in (("traceparent", http.traceparent), ("tracestate", http.tracestate)) if value}
         try:
-            with tracing.exchange_span(trace_context) as span:
+            with tracing.exchange_span(http.traceparent, http.tracestate) as span:
                 outcome = await self.pipeline(http, now, decision_id)
                 audit = outcome.audit
                 tracing.annotate(

@@ -115,15 +115,17 @@ def step(name: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awa
     return decorate
 
 
-def exchange_span(headers: Mapping[str, str]) -> ContextManager[Any]:
+def exchange_span(traceparent: str | None, tracestate: str | None) -> ContextManager[Any]:
     """The server span of one POST /token, continuing the trace of the request's W3C
-    `traceparent` and `tracestate` headers (Trace Context §3.2, §3.3), if valid; nothing when off."""
+    `traceparent` and `tracestate` headers (Trace Context §3.2, §3.3) if valid, a new
+    trace otherwise; nothing when off."""
     if _tracer is None:
         return _NOTHING
     from opentelemetry.propagate import extract
     from opentelemetry.trace import SpanKind
 
-    return _tracer.start_as_current_span("POST /token", context=extract(dict(headers)), kind=SpanKind.SERVER)
+    headers = {name: value for name, value in (("traceparent", traceparent), ("tracestate", tracestate)) if value}
+    return _tracer.start_as_current_span("POST /token", context=extract(headers), kind=SpanKind.SERVER)
 
 
 def annotate(span: Any, attributes: Mapping[str, Any], *, failed: bool = False) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +28,7 @@ from tests.factories import ROOT, ChitServer, ClusterIssuer, DocumentServer, ass
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 ISSUER = "https://traced.k8s.chit.test"
+UNSERVED = "https://unserved.k8s.chit.test"
 STEPS = {"chit.attest", "chit.admit", "chit.enrich", "chit.decide", "chit.mint", "chit.state"}
 SERVER, CLIENT = 2, 3  # OTLP SpanKind
 
@@ -51,7 +53,9 @@ def chit(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, tr
     config = {
         "policy": {"dir": str(copy_policy(directory / "policies", data))},
         "attestors": {"kubernetes": {"clusters": [
-            {"name": "traced", "issuer": ISSUER, "jwks_uri": documents.url("/traced/jwks"), "audiences": ["chit"]}]}},
+            {"name": "traced", "issuer": ISSUER, "jwks_uri": documents.url("/traced/jwks"), "audiences": ["chit"]},
+            # Its keys are never served: its first exchange logs the failed fetch.
+            {"name": "unserved", "issuer": UNSERVED, "jwks_uri": documents.url("/unserved/jwks"), "audiences": ["chit"]}]}},
         "tracing": {"enabled": True},
     }
     env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_SERVICE_NAME": "chit-under-test"}
@@ -108,8 +112,6 @@ def test_without_a_valid_traceparent_an_exchange_starts_its_own_trace(
     )
     decision_id = chit.audit_lines()[-1]["decision_id"]
     assert_issued(response)
-    import time
-
     deadline = time.monotonic() + 10
     while not any(span.attributes.get("chit.decision_id") == decision_id for span in receiver.spans):
         assert time.monotonic() < deadline, "no span for the exchange"
@@ -136,3 +138,19 @@ def test_enabled_without_the_tracing_extra_says_how_to_install_it(monkeypatch: p
     with pytest.raises(TracingUnavailable, match=r"pip install 'chit\[tracing\]'"):
         check_available(Tracing(enabled=True))
     check_available(Tracing(enabled=False))
+
+
+def test_log_lines_of_a_traced_exchange_carry_its_trace_and_span_ids(chit: ChitServer, receiver: OtlpReceiver) -> None:
+    """A key fetch that fails logs a warning inside the exchange: the line names the trace."""
+    trace_id = "5bf92f3577b34da6a3ce929d0e0e4736"
+    response = chit.client.post(
+        "/token",
+        data={"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+              "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "subject_token": ClusterIssuer("unserved", UNSERVED, "ES256").token()},
+        headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+    )
+    assert response.status_code == 503
+    lines = [json.loads(line) for line in chit.log().splitlines() if line.startswith("{")]
+    (line,) = [line for line in lines if line.get("decision_id") == response.json()["decision_id"]]
+    assert line["logger"] == "chit.jwks" and "could not be fetched" in line["message"] and line["trace_id"] == trace_id
+    assert line["span_id"] in {span.span_id for span in receiver.trace(trace_id, count=3)}
