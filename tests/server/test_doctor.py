@@ -35,7 +35,6 @@ from tests.factories import (
     MotoServer,
     OpaStandIn,
     RedisServer,
-    TestCertificateAuthority,
     closed_port_url,
     copy_policy,
     free_port,

@@ -7,6 +7,7 @@ OTEL_* variables only.
 - the outbound call it makes (the cluster's JWKS fetch) is a client span and
   carries `traceparent` to the key server;
 - a malformed `traceparent` starts a new trace; no header starts one too;
+- STS credentials are a step of their own, and the AWS call a client span under it;
 - off (the default), nothing of OpenTelemetry is even imported; enabled without
   the extra installed, the start says how to install it.
 """
@@ -23,8 +24,18 @@ from typing import Iterator
 import pytest
 
 from chit.server.tracing import Tracing, TracingUnavailable, check_available
-from tests.conftest import TEST_BINDINGS
-from tests.factories import ROOT, ChitServer, ClusterIssuer, DocumentServer, assert_issued, copy_policy
+from tests.conftest import AWS_BINDINGS, TEST_BINDINGS, AwsRegions, aws_chit_config
+from tests.factories import (
+    AWS_CREDENTIALS_TYPE,
+    AWS_TEST_ENV,
+    ROOT,
+    ChitServer,
+    ClusterIssuer,
+    DocumentServer,
+    MotoServer,
+    assert_issued,
+    copy_policy,
+)
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 ISSUER = "https://traced.k8s.chit.test"
@@ -154,3 +165,31 @@ def test_log_lines_of_a_traced_exchange_carry_its_trace_and_span_ids(chit: ChitS
     (line,) = [line for line in lines if line.get("decision_id") == response.json()["decision_id"]]
     assert line["logger"] == "chit.jwks" and "could not be fetched" in line["message"] and line["trace_id"] == trace_id
     assert line["span_id"] in {span.span_id for span in receiver.trace(trace_id, count=3)}
+
+
+@pytest.fixture(scope="module")
+def aws_traced(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, prod_issuer: ClusterIssuer,
+               aws_regions: AwsRegions, moto: MotoServer, receiver: OtlpReceiver) -> Iterator[ChitServer]:
+    """chit minting STS credentials against moto, traced."""
+    directory = tmp_path_factory.mktemp("aws-traced")
+    config = aws_chit_config(documents, aws_regions, copy_policy(directory / "policies", AWS_BINDINGS), endpoint_url=moto.url)
+    env = {**AWS_TEST_ENV, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    server = ChitServer(directory, {**config, "tracing": {"enabled": True}}, env=env).start()
+    yield server
+    server.stop()
+
+
+def test_sts_credentials_are_a_step_and_the_aws_call_a_client_span(aws_traced: ChitServer, receiver: OtlpReceiver, prod_issuer: ClusterIssuer) -> None:
+    trace_id = "6bf92f3577b34da6a3ce929d0e0e4736"
+    response = aws_traced.client.post(
+        "/token",
+        data={"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+              "subject_token": prod_issuer.token(service_account="deployer"), "requested_token_type": AWS_CREDENTIALS_TYPE},
+        headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+    )
+    assert response.status_code == 200, response.text
+    named = by_name(receiver.trace(trace_id, count=len(STEPS) + 3))
+    assert named["chit.sts"].parent_span_id == named["chit.mint"].span_id
+    assume = named["STS.AssumeRole"]
+    assert assume.kind == CLIENT and assume.parent_span_id == named["chit.sts"].span_id
+    assert response.json()["aws_credentials"]["SecretAccessKey"] not in json.dumps([span.attributes for span in named.values()])
