@@ -56,7 +56,8 @@ UNAVAILABLE = Counter(
 # Set at each scrape, by the worker that answers it: the most recent value is the current one.
 SIGNING_KEY_ACTIVATED = Gauge(
     "chit_signing_key_activated_timestamp_seconds",
-    "When the signing key in use became active (Unix time); rotation is overdue once it is old",
+    "When the signing key in use for each algorithm's series became active (Unix time); rotation is overdue once it is old",
+    ["algorithm"],
     multiprocess_mode="mostrecent",
 )
 

@@ -34,7 +34,7 @@ from chit.server.config import Config
 from chit.server.errors import NO_STORE, InvalidRequest, OAuthError, TemporarilyUnavailable
 from chit.server.exchange import HttpRequest, TokenExchange
 from chit.server.introspection import active_claims, bearer_token, introspection_response, require_introspect_scope, verify_own_token
-from chit.server.keys import KeyStore, ensure_signing_key
+from chit.server.keys import KeySeries, KeyStore, ensure_signing_keys
 from chit.server.readiness import Readiness
 from chit.server.signatures import ImageSignatures
 from chit.server.sts import StsIssuer
@@ -46,8 +46,9 @@ log = logging.getLogger("chit.app")
 
 def build_exchange(config: Config) -> TokenExchange:
     """Everything an exchange needs, built once; raises on any unusable configuration."""
-    ensure_signing_key(config.signing.keys_dir, config.signing.algorithm)
-    keys = KeyStore(config.signing.keys_dir)
+    series = KeySeries(config.signing.series)
+    ensure_signing_keys(config.signing.keys_dir, series)
+    keys = KeyStore(config.signing.keys_dir, series)
     state = build_state_store(config.state)
     aws = AwsClients(config.aws)  # boto3 is loaded only when AWS is first called
     jwt_verifiers: list[JwtVerifier] = []
@@ -134,9 +135,11 @@ class Endpoints:
         return JSONResponse(body, headers=NO_STORE)
 
     async def metrics(self, request: Request) -> Response:
-        active = self.exchange.keys.signing_key(time.time())
-        if active is not None:
-            metrics.SIGNING_KEY_ACTIVATED.set(active.activates_at)
+        now = time.time()
+        for algorithm in self.config.signing.series:
+            active = self.exchange.keys.signing_key(now, algorithm)
+            if active is not None:
+                metrics.SIGNING_KEY_ACTIVATED.labels(algorithm=algorithm).set(active.activates_at)
         body, content_type = metrics.exposition()
         return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
@@ -196,7 +199,7 @@ def create_app(config: Config) -> Starlette:
 
 def server_metadata(config: Config, keys: KeyStore) -> dict[str, Any]:
     """RFC 8414 / OpenID Connect Discovery metadata; the same document at both paths."""
-    algorithms = sorted({k.algorithm for k in keys.keys}) or [config.signing.algorithm]
+    algorithms = sorted(set(config.signing.series) | {k.algorithm for k in keys.keys})
     return {
         "issuer": config.issuer,
         "token_endpoint": config.token_endpoint,

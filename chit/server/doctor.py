@@ -127,9 +127,9 @@ def tls(config: Config, now: float) -> list[Finding]:
 
 
 def signing_keys(config: Config, now: float) -> list[Finding]:
-    """signing.keys_dir: the keys load, one is active, and it is not overdue for rotation.
-    An empty directory is fine if chit may create the first key there."""
-    from chit.server.keys import KeyStore, SigningKeyError
+    """signing.keys_dir: the keys load, one of each series (signing.algorithms) is active, and none is
+    overdue for rotation. An empty directory is fine if chit may create the first keys there."""
+    from chit.server.keys import KeySeries, KeyStore, SigningKeyError
 
     keys_dir = config.signing.keys_dir
     if not keys_dir.is_dir() or not any(keys_dir.glob("signing-*.pem")):
@@ -139,18 +139,24 @@ def signing_keys(config: Config, now: float) -> list[Finding]:
                          "unless the directory is shared; see docs/operators/keys.md)")]
         return [fail("signing keys", f"no key in {keys_dir}, and none can be created there ({parent} is not writable)")]
     try:
-        store = KeyStore(keys_dir)
+        store = KeyStore(keys_dir, KeySeries(config.signing.series))
     except SigningKeyError as error:
         return [fail("signing keys", str(error))]
-    active = store.signing_key(now)
     loaded = len(store.keys)
-    if active is None:
-        return [fail("signing keys", f"{loaded} key(s) in {keys_dir} but none is active (unreadable, or all activate later)")]
-    age = now - active.activates_at
-    detail = f"{loaded} key(s) in {keys_dir}; {active.kid} ({active.algorithm}) signs, active for {_days(age)}"
-    if age > KEY_ROTATION_DAYS * 86400:
-        return [warn("signing keys", f"{detail}: rotation overdue (more than {KEY_ROTATION_DAYS} days; chit keys rotate)")]
-    return [ok("signing keys", detail)]
+    findings = []
+    for algorithm in config.signing.series:
+        active = store.signing_key(now, algorithm)
+        if active is None:
+            findings.append(fail(f"signing keys {algorithm}", f"{loaded} key(s) in {keys_dir} but no {algorithm} key is active "
+                                 "(unreadable, or all activate later; chit keys rotate --algorithm)"))
+            continue
+        age = now - active.activates_at
+        detail = f"{loaded} key(s) in {keys_dir}; {active.kid} signs, active for {_days(age)}"
+        if age > KEY_ROTATION_DAYS * 86400:
+            findings.append(warn(f"signing keys {algorithm}", f"{detail}: rotation overdue (more than {KEY_ROTATION_DAYS} days; chit keys rotate)"))
+        else:
+            findings.append(ok(f"signing keys {algorithm}", detail))
+    return findings
 
 
 def audit_sink(config: Config) -> list[Finding]:

@@ -1,7 +1,7 @@
 """`GET /readyz` (docs/reference/http-api.md "Health"): can this process issue tokens now,
 and if not, why.
 
-Three checks: a signing key is active, the policy engine answers (OPA's own
+Three checks: a signing key of each configured series is active, the policy engine answers (OPA's own
 health), the state store answers. Each failing check has a reason, in the
 answer and in the log; the log says it once when a check starts failing and
 once when it passes again, never on every probe (the kubelet asks every few
@@ -30,8 +30,10 @@ class Readiness:
         self._reasons: dict[str, str | None] = {}  # as of the last probe: check -> reason it fails (None: passes)
 
     async def signing_key(self) -> str | None:
-        if self.exchange.keys.signing_key(time.time()) is None:
-            return f"no signing key is active in {self.exchange.keys.keys_dir}"
+        now = time.time()
+        missing = [algorithm for algorithm in self.exchange.config.signing.series if self.exchange.keys.signing_key(now, algorithm) is None]
+        if missing:
+            return f"no active {', '.join(missing)} signing key in {self.exchange.keys.keys_dir}"
         return None
 
     async def policy(self) -> str | None:

@@ -160,17 +160,18 @@ RULE_TESTS = {
                 {"eval_time": "12m", "alertname": "ChitServerErrors", "exp_alerts": []},
             ],
         },
-        {   # The active key activated 100 days before the evaluation: overdue. 80 days: not yet.
+        {   # The RS256 series' active key activated 100 days before the evaluation: overdue. ES256's, 80 days: not yet.
             "interval": "1m",
-            "input_series": [{"series": "chit_signing_key_activated_timestamp_seconds", "values": "-8640000+0x180"}],
+            "input_series": [{"series": 'chit_signing_key_activated_timestamp_seconds{algorithm="RS256"}', "values": "-8640000+0x180"},
+                             {"series": 'chit_signing_key_activated_timestamp_seconds{algorithm="ES256"}', "values": "-6912000+0x180"}],
             "alert_rule_test": [{"eval_time": "2h", "alertname": "ChitSigningKeyRotationOverdue",
-                                 "exp_alerts": [{"exp_labels": {"severity": "warning"},
-                                                 "exp_annotations": {"summary": "chit's signing key has signed for 100d 2h 0m 0s",
-                                                                     "description": "The active signing key is older than 90 days: run chit keys rotate (docs/operators/keys.md)."}}]}],
+                                 "exp_alerts": [{"exp_labels": {"severity": "warning", "algorithm": "RS256"},
+                                                 "exp_annotations": {"summary": "chit's RS256 signing key has signed for 100d 2h 0m 0s",
+                                                                     "description": "The active RS256 signing key is older than 90 days: run chit keys rotate (docs/operators/keys.md)."}}]}],
         },
         {
             "interval": "1m",
-            "input_series": [{"series": "chit_signing_key_activated_timestamp_seconds", "values": "-6912000+0x180"}],
+            "input_series": [{"series": 'chit_signing_key_activated_timestamp_seconds{algorithm="ES256"}', "values": "-6912000+0x180"}],
             "alert_rule_test": [{"eval_time": "2h", "alertname": "ChitSigningKeyRotationOverdue", "exp_alerts": []}],
         },
         {   # Policy decisions: most within 50 ms, then the slow ones dominate the tail.
@@ -207,6 +208,6 @@ def test_the_alerts_fire_on_the_series_they_watch_and_not_before(monitoring: lis
 def test_the_active_signing_key_s_activation_is_exported(chit: ChitServer) -> None:
     """What ChitSigningKeyRotationOverdue watches: the activation time of the key that signs now."""
     text = chit.client.get("/metrics").text
-    (value,) = re.findall(r"^chit_signing_key_activated_timestamp_seconds (\S+)$", text, re.MULTILINE)
+    (value,) = re.findall(r'^chit_signing_key_activated_timestamp_seconds\{algorithm="ES256"\} (\S+)$', text, re.MULTILINE)
     activations = [int(path.name.split("-")[1]) for path in (chit.directory / "keys").glob("signing-*.pem")]
     assert float(value) == max(activations)

@@ -107,17 +107,23 @@ def test_signing_keys_are_read_and_an_old_active_key_is_overdue(tmp_path: Path) 
     assert statuses(doctor.signing_keys(settings, time.time())) == [("signing keys", "warn")]  # none yet, can be created
     assert not (tmp_path / "keys").exists()  # the doctor creates nothing
     ensure_signing_key(tmp_path / "keys", "ES256")
-    assert statuses(doctor.signing_keys(settings, time.time())) == [("signing keys", "ok")]
+    assert statuses(doctor.signing_keys(settings, time.time())) == [("signing keys ES256", "ok")]
     overdue = doctor.signing_keys(settings, time.time() + 91 * 86400)
-    assert statuses(overdue) == [("signing keys", "warn")] and "rotation overdue" in overdue[0].detail
+    assert statuses(overdue) == [("signing keys ES256", "warn")] and "rotation overdue" in overdue[0].detail
+    # Each series (signing.algorithms) needs its own active key.
+    series = config(tmp_path, signing={"keys_dir": "keys", "algorithms": ["ES256", "RS256"]})
+    missing = doctor.signing_keys(series, time.time())
+    assert statuses(missing) == [("signing keys ES256", "ok"), ("signing keys RS256", "fail")] and "no RS256 key" in missing[1].detail
+    write_key_file(tmp_path / "keys", "RS256", int(time.time()))
+    assert statuses(doctor.signing_keys(series, time.time())) == [("signing keys ES256", "ok"), ("signing keys RS256", "ok")]
 
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "signing-100-abcd.pem").write_text("not a key")
     failed = doctor.signing_keys(config(tmp_path, signing={"keys_dir": "broken"}), time.time())
-    assert statuses(failed) == [("signing keys", "fail")] and "none is active" in failed[0].detail
+    assert statuses(failed) == [("signing keys ES256", "fail")] and "no ES256 key is active" in failed[0].detail
     write_key_file(tmp_path / "later", "ES256", int(time.time()) + 3600)
-    assert statuses(doctor.signing_keys(config(tmp_path, signing={"keys_dir": "later"}), time.time())) == [("signing keys", "fail")]
+    assert statuses(doctor.signing_keys(config(tmp_path, signing={"keys_dir": "later"}), time.time())) == [("signing keys ES256", "fail")]
 
 
 def test_the_audit_file_must_be_writable(tmp_path: Path) -> None:
@@ -284,7 +290,7 @@ def test_chit_doctor_prints_a_line_per_check_and_fails_on_any_failure(tmp_path: 
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     lines = healthy.stdout.splitlines()
     assert lines[0] == f"chit doctor: {tmp_path / 'chit.yaml'}"
-    assert [line.split(":")[0] for line in lines[1:-1]] == ["ok    tls", "ok    signing keys", "ok    audit", "ok    state", "ok    policy"]
+    assert [line.split(":")[0] for line in lines[1:-1]] == ["ok    tls", "ok    signing keys ES256", "ok    audit", "ok    state", "ok    policy"]
     assert lines[-1] == "chit doctor: 0 failed, 0 warning(s), 5 ok"
 
     document["state"]["redis_url"] = f"redis://127.0.0.1:{free_port()}/0"

@@ -10,14 +10,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
 
+from chit.server.config import Signing
+from chit.server.keys import KeySeries, KeyStore, write_key_file
 from chit.server.logs import DECISION_ID, ExchangeContext, JsonLines, Log, Text
+from chit.server.readiness import Readiness
 from tests.conftest import TEST_BINDINGS
 from tests.factories import ChitServer, ClusterIssuer, DocumentServer, RedisServer, assert_refused, closed_port_url, copy_policy
 
@@ -137,3 +144,16 @@ def test_readyz_says_why_and_the_log_says_it_once_per_change(chit: ChitServer, r
     messages = [line["message"] for line in json_lines(chit) if line["logger"] == "chit.readiness"]
     assert [m.split(":")[0] + ":" + m.split(":")[1] for m in messages] == ["not ready: policy", "not ready: state", "ready again: state"]
     assert messages[0] == f"not ready: policy: {answer['reasons']['policy']}"
+
+
+def test_readiness_names_each_key_series_without_an_active_key(tmp_path: Path) -> None:
+    """signing.algorithms: every series must have an active key, and the reason names the missing ones."""
+    signing = Signing(keys_dir=tmp_path, algorithms=["ES256", "RS256", "EdDSA"])
+    write_key_file(tmp_path, "ES256", int(time.time()))
+    exchange = SimpleNamespace(config=SimpleNamespace(signing=signing), keys=KeyStore(tmp_path, KeySeries(signing.series)))
+    readiness = Readiness(exchange)  # type: ignore[arg-type]  # the two attributes the signing-key check reads
+    assert asyncio.run(readiness.signing_key()) == f"no active RS256, EdDSA signing key in {tmp_path}"
+    write_key_file(tmp_path, "RS256", int(time.time()))
+    write_key_file(tmp_path, "EdDSA", int(time.time()))
+    exchange.keys.reload(force=True)
+    assert asyncio.run(readiness.signing_key()) is None
