@@ -1162,6 +1162,7 @@ class KubernetesApiStandIn(DocumentServer):
     Every request must carry `Authorization: Bearer <credential>` (chit's
     token_file), else 401. A SelfSubjectAccessReview is allowed for the
     (verb, group, resource) in `permissions` (by default what chit's ClusterRole grants).
+    `request_headers[path]` lists the headers of each request, in order.
     """
 
     def __init__(self, issuer: ClusterIssuer, credential: str) -> None:
@@ -1223,6 +1224,7 @@ class KubernetesApiStandIn(DocumentServer):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 api.hits[self.path] = api.hits.get(self.path, 0) + 1
                 api.requests.append((method, self.path, json.loads(body) if body else None))
+                api.request_headers.setdefault(self.path, []).append({k.lower(): v for k, v in self.headers.items()})
                 if self.path in api.delays:
                     time.sleep(api.delays[self.path])
                 if self.path in api.failures:

@@ -4,8 +4,9 @@ With `tracing.enabled: true` (and `pip install 'chit[tracing]'`), every POST
 /token is a server span, continuing the caller's trace when the request
 carries a W3C `traceparent` (and `tracestate`), with a child span per step
 of the pipeline (attest, admit, enrich, decide, mint, sts, state). Outbound
-calls made meanwhile (key sources, OPA, registries over httpx; STS and EC2
-over botocore) are spans too and carry `traceparent` to their servers.
+calls made meanwhile (key sources, OPA, registries over httpx; the
+Kubernetes API and Google's token endpoint over urllib3; STS and EC2 over
+botocore) are spans too and carry the trace to their servers.
 
 The exporter is OTLP over HTTP, configured by OpenTelemetry's standard
 environment variables, which the SDK reads itself (OTEL_EXPORTER_OTLP_ENDPOINT,
@@ -55,6 +56,7 @@ def _sdk() -> None:
         import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
         import opentelemetry.instrumentation.botocore  # noqa: F401
         import opentelemetry.instrumentation.httpx  # noqa: F401
+        import opentelemetry.instrumentation.urllib3  # noqa: F401
         import opentelemetry.sdk.trace  # noqa: F401
     except ImportError as error:
         raise TracingUnavailable(
@@ -72,6 +74,7 @@ def start(settings: Tracing) -> None:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -85,6 +88,7 @@ def start(settings: Tracing) -> None:
     trace.set_tracer_provider(provider)
     HTTPXClientInstrumentor().instrument(tracer_provider=provider)
     BotocoreInstrumentor().instrument(tracer_provider=provider)
+    URLLib3Instrumentor().instrument(tracer_provider=provider)
     _tracer = trace.get_tracer("chit")
 
 

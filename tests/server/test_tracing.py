@@ -5,7 +5,8 @@ OTEL_* variables only.
 - an exchange is a server span continuing the caller's W3C `traceparent`, with a
   child span per pipeline step, and carries its decision_id;
 - the outbound call it makes (the cluster's JWKS fetch) is a client span and
-  carries `traceparent` to the key server;
+  carries `traceparent` to the key server; so does the Kubernetes API client's
+  TokenReview, made in a thread of its own;
 - a malformed `traceparent` starts a new trace; no header starts one too;
 - STS credentials are a step of their own, and the AWS call a client span under it;
 - off (the default), nothing of OpenTelemetry is even imported; enabled without
@@ -32,6 +33,7 @@ from tests.factories import (
     ChitServer,
     ClusterIssuer,
     DocumentServer,
+    KubernetesApiStandIn,
     MotoServer,
     assert_issued,
     copy_policy,
@@ -193,3 +195,50 @@ def test_sts_credentials_are_a_step_and_the_aws_call_a_client_span(aws_traced: C
     assume = named["STS.AssumeRole"]
     assert assume.kind == CLIENT and assume.parent_span_id == named["chit.sts"].span_id
     assert response.json()["aws_credentials"]["SecretAccessKey"] not in json.dumps([span.attributes for span in named.values()])
+
+
+@pytest.fixture(scope="module")
+def reviewed(tmp_path_factory: pytest.TempPathFactory, documents: DocumentServer, traced_issuer: ClusterIssuer,
+             receiver: OtlpReceiver) -> Iterator[tuple[ChitServer, KubernetesApiStandIn]]:
+    """chit checking each subject token with the cluster's TokenReview, traced."""
+    directory = tmp_path_factory.mktemp("reviewed")
+    (directory / "api-token").write_text("credential")
+    api = KubernetesApiStandIn(traced_issuer, "credential")
+    data = json.loads(json.dumps(TEST_BINDINGS))
+    data["bindings"]["kubernetes"]["traced"] = data["bindings"]["kubernetes"]["prod"]
+    config = {
+        "policy": {"dir": str(copy_policy(directory / "policies", data))},
+        "attestors": {"kubernetes": {"clusters": [
+            {"name": "traced", "issuer": ISSUER, "jwks_uri": documents.url("/traced/jwks"), "audiences": ["chit"],
+             "api": {"server": api.url(""), "token_file": str(directory / "api-token")}, "token_review": True}]}},
+        "tracing": {"enabled": True},
+    }
+    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    server = ChitServer(directory, config, env=env).start()
+    yield server, api
+    server.stop()
+    api.stop()
+
+
+def test_the_kubernetes_api_call_is_a_client_span_and_carries_the_trace(
+    reviewed: tuple[ChitServer, KubernetesApiStandIn], receiver: OtlpReceiver, documents: DocumentServer, traced_issuer: ClusterIssuer
+) -> None:
+    server, api = reviewed
+    documents.serve("/traced/jwks", traced_issuer.jwks())
+    trace_id, token = "7bf92f3577b34da6a3ce929d0e0e4736", traced_issuer.token()
+    response = server.client.post(
+        "/token",
+        data={"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+              "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "subject_token": token},
+        headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+    )
+    assert_issued(response)
+    spans = receiver.trace(trace_id, count=len(STEPS) + 2)
+    attest = by_name(spans)["chit.attest"]
+    (review,) = [span for span in spans if span.kind == CLIENT and span.parent_span_id == attest.span_id
+                 and span.attributes.get("url.full", span.attributes.get("http.url", "")).endswith("/tokenreviews")]
+    sent = api.request_headers["/apis/authentication.k8s.io/v1/tokenreviews"][-1]["traceparent"]
+    assert sent == f"00-{trace_id}-{review.span_id}-01"
+    # The subject token and chit's API credential go to the API server, never into a span.
+    recorded = json.dumps([span.attributes for span in spans])
+    assert token not in recorded and "credential" not in recorded

@@ -17,6 +17,7 @@ read, and in total), never retried.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -123,7 +124,10 @@ class ClusterApi:
         A 404 is `not_found` (InvalidEvidence) when given; every other failure is EvidenceUnavailable.
         """
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._threads, lambda: call(*args, _request_timeout=(self.timeout, self.timeout)))
+        # The pool's threads run in a copy of this context (as asyncio.to_thread does): the
+        # exchange's decision_id and trace follow the call into the client's thread.
+        context = contextvars.copy_context()
+        future = loop.run_in_executor(self._threads, context.run, lambda: call(*args, _request_timeout=(self.timeout, self.timeout)))
         try:
             async with asyncio.timeout(self.timeout):
                 return await future
