@@ -1,7 +1,7 @@
 """The supply chain (docs/operators/supply-chain.md): pin, hash, audit.
 
 - the lock files are complete and consistent with pyproject.toml: every declared
-  dependency (the `server` extra for the image, the build backend for the agent
+  dependency (the `server` and `tracing` extras for the image, the build backend for the agent
   install) is locked at a version its range admits, each entry pinned with `==`
   and at least one sha256 hash, and the dependencies of every locked package (as
   its metadata declares them) are locked too;
@@ -55,7 +55,9 @@ def pyproject() -> dict:
 
 
 def server_requirements() -> list[Requirement]:
-    return [Requirement(text) for text in pyproject()["project"]["optional-dependencies"]["server"]]
+    """What the image installs: the server and OpenTelemetry (tracing is off unless configured)."""
+    extras = pyproject()["project"]["optional-dependencies"]
+    return [Requirement(text) for text in extras["server"] + extras["tracing"]]
 
 
 def assert_declared_are_locked(declared: list[Requirement], lock: dict[str, tuple[str, int]], name: str) -> None:
