@@ -35,40 +35,58 @@ from typing import Any
 
 import regopy
 
-from chit.policy import PolicyEvaluationError
+from chit.policy import PolicyEvaluationError, PolicyInputUnrepresentable
 from chit.policy.bundle import load_policy_dir
-from chit.policy.embedded import EmbeddedEngine
+from chit.policy.embedded import CompiledPolicy, EmbeddedEngine
 from chit.policy.opa import DECISION_PATH
+from chit.policy.source import read_modules
+from chit.policy.testing import EmbeddedTests
 
 EVALUATION_ERROR = "error(s) occurred while evaluating query"
 
 
 class Policies:
-    """Every module and data file of the directories, as `opa run` loads them (tests included)."""
+    """Every module and data file of the directory, as `opa run` loads them (tests included).
+
+    Compiled once, as OPA compiles once: chit's decision path by chit's embedded
+    engine, every other rule of the policy into one plan evaluated with the
+    request's input, and the test rules as `chit policy test` compiles them
+    (chit.policy.testing: `with` made to work for rego-cpp); anything else is
+    queried from an interpreter, compiling each time."""
 
     def __init__(self, directory: Path):
-        self.modules: dict[str, str] = {}
-        self.interpreter = regopy.Interpreter()
         self.lock = threading.Lock()  # rego-cpp interpreters: one evaluation at a time
         bundle = load_policy_dir(directory, require_decision=False)
-        for name, source in bundle.modules.items():
-            module_id = f"{directory}/{name}"
-            self.modules[module_id] = source
+        self.modules = {f"{directory}/{name}": source for name, source in bundle.modules.items()}
+        self.interpreter = regopy.Interpreter()
+        for module_id, source in self.modules.items():
             self.interpreter.add_module(module_id, source)
         self.interpreter.add_data_json(json.dumps(bundle.data))
-        # chit's decision path is answered by chit's embedded engine (compiled once, fast).
-        self.decisions = EmbeddedEngine(load_policy_dir(directory, include_tests=False))
+        policy = load_policy_dir(directory, include_tests=False, require_decision=False)
+        self.decisions = EmbeddedEngine(policy)
+        rules = sorted({f"{m.package.replace('.', '/')}/{r.name}" for m in read_modules(policy.modules).values() if m.package for r in m.rules if not r.function})
+        self.rules = CompiledPolicy(directory, policy.modules, policy.data, rules)
+        self.tests = EmbeddedTests(bundle)
+        self.test_plans = {t.entrypoint: g for g in self.tests.groups for t in g.tests}
 
     def evaluate(self, path: str, policy_input: Any) -> tuple[bool, Any]:
         """(ok, value): value None when undefined."""
-        if path.strip("/") == DECISION_PATH and policy_input is not None:
-            with self.lock:
-                try:
-                    return True, self.decisions.evaluate(policy_input)
-                except PolicyEvaluationError:
-                    return False, None
-        reference = "data" + "".join(f".{part}" for part in path.strip("/").split("/") if part)
+        entrypoint = path.strip("/")
         with self.lock:
+            try:
+                if entrypoint == DECISION_PATH and policy_input is not None:
+                    return True, self.decisions.evaluate(policy_input)
+                if policy_input is not None and entrypoint in self.rules.entrypoints:
+                    return True, self.rules.evaluate(entrypoint, policy_input)
+                group = self.test_plans.get(entrypoint)
+                if policy_input is None and group is not None:
+                    rule = "data." + entrypoint.replace("/", ".")
+                    if rule in group.set_aside or group.policy is None:
+                        return False, None  # a test rego-cpp cannot run: OPA would, the stand-in errs
+                    return True, group.policy.evaluate(entrypoint)
+            except (PolicyEvaluationError, PolicyInputUnrepresentable):
+                return False, None
+            reference = "data" + "".join(f".{part}" for part in entrypoint.split("/") if part)
             self.interpreter.set_input(regopy.Input(policy_input if policy_input is not None else {}))
             output = self.interpreter.query(reference)
             if not output.ok():

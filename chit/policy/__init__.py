@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping, Protocol
 
 from chit.policy.config import PolicySettings
@@ -46,9 +48,15 @@ class PolicyEngine(Protocol):
     async def close(self) -> None: ...
 
 
+def policy_dirs(settings: PolicySettings) -> list[Path]:
+    """`policy.dir` (else the shipped policies), then `policy.extra_dirs`."""
+    return [settings.dir or shipped_policy_dir(), *settings.extra_dirs]
+
+
 def policy_bundle(settings: PolicySettings) -> PolicyBundle:
     # Test modules never take part in a decision; the server leaves them out.
-    return load_policy_dir(settings.dir or shipped_policy_dir(), include_tests=False)
+    first, *extra = policy_dirs(settings)
+    return load_policy_dir(first, include_tests=False, extra_dirs=extra)
 
 
 def build_engine(settings: PolicySettings) -> PolicyEngine:
@@ -64,6 +72,15 @@ def build_engine(settings: PolicySettings) -> PolicyEngine:
     from chit.policy.embedded import EmbeddedEngine
 
     return EmbeddedEngine(policy_bundle(settings))
+
+
+def plain(value: Any) -> Any:
+    """The input as JSON-serializable plain containers (verified claims are read-only views)."""
+    if isinstance(value, (dict, MappingProxyType)):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
 
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -113,6 +130,8 @@ __all__ = [
     "PolicyUnavailable",
     "build_engine",
     "parse_decision",
+    "plain",
     "policy_bundle",
+    "policy_dirs",
     "policy_input",
 ]

@@ -13,6 +13,9 @@ from chit.urls import require_safe_url
 class PolicySettings(Section):
     engine: Literal["embedded", "opa"] = "embedded"
     dir: FilePath | None = None  # None: the policies shipped with chit
+    # More directories whose modules join the policy and whose data merges into its data
+    # (adding keys, never changing one): local bindings and rules beside the shipped ones.
+    extra_dirs: list[FilePath] = []
     opa_url: str = "http://127.0.0.1:8181"
     timeout_ms: Milliseconds = 500
 

@@ -24,29 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from types import MappingProxyType
 from typing import Any
 
 import httpx
 
 from chit.bounded import BodyTooLarge, read_bounded
 from chit.strictjson import strict_json
-from chit.policy import PolicyEvaluationError, PolicyUnavailable
+from chit.policy import PolicyEvaluationError, PolicyUnavailable, plain
 
 DECISION_PATH = "chit/decision"
 MAX_RESPONSE_BYTES = 1024 * 1024
 # OPA's topdown errors (v1/topdown/errors.go); a cancelled evaluation is OPA giving up, not the policy failing.
 _CANCELLED = "eval_cancel_error"
 _NOT_JSON = object()  # a body that is not JSON: never a decision
-
-
-def _plain(value: Any) -> Any:
-    """The input as JSON-serializable plain containers (verified claims are read-only views)."""
-    if isinstance(value, (dict, MappingProxyType)):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
 
 
 def _evaluation_error(body: Any) -> str | None:
@@ -107,7 +97,7 @@ class OpaEngine:
 
         Raises PolicyEvaluationError (deny) or PolicyUnavailable (503).
         """
-        document = {} if policy_input is None else {"input": _plain(policy_input)}
+        document = {} if policy_input is None else {"input": plain(policy_input)}
         status, body = await self._send("POST", f"/v1/data/{path}", document)
         if status == 200:
             if not isinstance(body, dict):

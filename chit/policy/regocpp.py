@@ -68,7 +68,13 @@ _input_null = _lib.regoInputNull
 _input_object_item = _lib.regoInputObjectItem
 _input_object = _lib.regoInputObject
 _input_array = _lib.regoInputArray
+_input_set = _lib.regoInputSet
 _OK = 0
+
+
+class RegoSet(tuple):  # type: ignore[type-arg]
+    """A Rego set, read with `keep_sets` so that it can be handed back to the engine as a
+    set (chit's tooling does, to replay a test's `with` values: chit.policy.coverage)."""
 
 
 class RegoValueError(ValueError):
@@ -173,6 +179,11 @@ def _add(handle: int, value: Any) -> int:
             status |= _add(handle, item)
             status |= _input_object_item(handle)
         return status | _input_object(handle, len(value))
+    if kind is RegoSet:
+        status = 0
+        for item in value:
+            status |= _add(handle, item)
+        return status | _input_set(handle, len(value))
     if kind is list or kind is tuple:
         status = 0
         for item in value:
@@ -273,7 +284,7 @@ def error_message(node: int) -> str:
     return f"{message} ({code})" if code and code != "eval_error" else message or "evaluation error"
 
 
-def read_value(node: int, depth: int = 0) -> Any:
+def read_value(node: int, depth: int = 0, keep_sets: bool = False) -> Any:
     """A rego-cpp value node as plain JSON data (sets as arrays, as OPA writes them)."""
     if depth > MAX_DEPTH:
         raise RegoValueError(f"the decision is nested deeper than {MAX_DEPTH} levels")
@@ -292,10 +303,11 @@ def read_value(node: int, depth: int = 0) -> Any:
             key = _string(key_node)
             if key in value:
                 raise RegoValueError(f"the decision holds the key {key!r} twice")
-            value[key] = read_value(value_node, depth + 1)
+            value[key] = read_value(value_node, depth + 1, keep_sets)
         return value
     if kind == ARRAY or kind == SET:
-        return [read_value(_node_get(node, index), depth + 1) for index in range(_node_size(node))]
+        items = [read_value(_node_get(node, index), depth + 1, keep_sets) for index in range(_node_size(node))]
+        return RegoSet(items) if keep_sets and kind == SET else items
     if kind == TRUE:
         return True
     if kind == FALSE:
@@ -317,7 +329,7 @@ def read_value(node: int, depth: int = 0) -> Any:
     raise RegoValueError(f"the decision holds a {node_type_name(node)} node")
 
 
-def read_result(output: int) -> Any:
+def read_result(output: int, keep_sets: bool = False) -> Any:
     """The value of an entrypoint query's output: None when undefined."""
     node = _lib.regoOutputNode(output)
     if not node:
@@ -340,7 +352,7 @@ def read_result(output: int) -> Any:
     if _node_size(terms) != 1:
         raise RegoValueError("the policy engine returned several values")
     term = _node_get(terms, 0)
-    return None if _node_type(term) == UNDEFINED else read_value(term)
+    return None if _node_type(term) == UNDEFINED else read_value(term, keep_sets=keep_sets)
 
 
 # --- plans (rego-cpp's intermediate representation) ----------------------------------------

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -44,13 +44,8 @@ from chit.state import StateUnavailable, build_state_store
 log = logging.getLogger("chit.app")
 
 
-def build_exchange(config: Config) -> TokenExchange:
-    """Everything an exchange needs, built once; raises on any unusable configuration."""
-    series = KeySeries(config.signing.series)
-    ensure_signing_keys(config.signing.keys_dir, series)
-    keys = KeyStore(config.signing.keys_dir, series)
-    state = build_state_store(config.state)
-    aws = AwsClients(config.aws)  # boto3 is loaded only when AWS is first called
+def build_attestors(config: Config, state: StateStore, aws: AwsClients, is_own_kid: Callable[[str | None], bool]) -> AttestorRouter:
+    """The verifiers the configuration enables, routed by token type and issuer."""
     jwt_verifiers: list[JwtVerifier] = []
     if config.attestors.kubernetes.clusters:
         jwt_verifiers.append(KubernetesVerifier(config.attestors.kubernetes, config.trust_domain))
@@ -59,12 +54,23 @@ def build_exchange(config: Config) -> TokenExchange:
     document_verifiers: list[DocumentVerifier] = []
     if config.attestors.aws_iid.enabled:
         document_verifiers.append(AwsIidVerifier(config.attestors.aws_iid, config.trust_domain, state, aws))
-    router = AttestorRouter(jwt_verifiers, document_verifiers, own_issuer=config.issuer, is_own_kid=keys.is_own_kid)
-    signatures = ImageSignatures(
-        config.image_signatures.keys, config.image_signatures.timeout_ms / 1000, config.image_signatures.registries
-    )
+    return AttestorRouter(jwt_verifiers, document_verifiers, own_issuer=config.issuer, is_own_kid=is_own_kid)
+
+
+def build_signatures(config: Config) -> ImageSignatures:
+    return ImageSignatures(config.image_signatures.keys, config.image_signatures.timeout_ms / 1000, config.image_signatures.registries)
+
+
+def build_exchange(config: Config) -> TokenExchange:
+    """Everything an exchange needs, built once; raises on any unusable configuration."""
+    series = KeySeries(config.signing.series)
+    ensure_signing_keys(config.signing.keys_dir, series)
+    keys = KeyStore(config.signing.keys_dir, series)
+    state = build_state_store(config.state)
+    aws = AwsClients(config.aws)  # boto3 is loaded only when AWS is first called
+    router = build_attestors(config, state, aws, keys.is_own_kid)
     return TokenExchange(
-        config, keys, router, build_engine(config.policy), AuditLog(config.audit.sink), state, StsIssuer(config.aws, aws), signatures
+        config, keys, router, build_engine(config.policy), AuditLog(config.audit.sink), state, StsIssuer(config.aws, aws), build_signatures(config)
     )
 
 

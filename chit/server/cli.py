@@ -5,16 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, NoReturn, Sequence
 
-from chit.server.config import CONFIG_ENV, RESOLVED_CONFIG_ENV, Config, ConfigError, load_config
+from chit.protocol import TOKEN_TYPE_JWT
+from chit.server import CONFIG_ENV, RESOLVED_CONFIG_ENV
 
 if TYPE_CHECKING:
+    from chit.policy.coverage import ModuleCoverage
+    from chit.policy.testing import PolicyTestResult
+    from chit.server.config import Config
     from chit.server.logs import Log
     from chit.state import StateStore
     from chit.server.tls import ReloadingCertificate
@@ -27,6 +32,8 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] = os.environ) -> Config:  # type: ignore[assignment]
     """--config FILE, else $CHIT_CONFIG."""
+    from chit.server.config import ConfigError, load_config
+
     path = getattr(args, "config", None) or environ.get(CONFIG_ENV)
     if not path:
         fail(f"no configuration: pass --config FILE or set {CONFIG_ENV}")
@@ -292,91 +299,257 @@ def cmd_keys_publish(args: argparse.Namespace) -> None:
 # --- chit policy ----------------------------------------------------------------------
 
 
-def _policy_dir(args: argparse.Namespace) -> Path:
+def _optional_config(args: argparse.Namespace) -> Config | None:
+    return config_from_args(args) if (getattr(args, "config", None) or os.environ.get(CONFIG_ENV)) else None
+
+
+def _policy_dirs(args: argparse.Namespace, config: Config | None) -> list[Path]:
+    """The directories given, else `policy.dir` and `policy.extra_dirs` of the configuration,
+    else the shipped policies."""
+    from chit.policy import policy_dirs
     from chit.policy.bundle import shipped_policy_dir
 
-    if getattr(args, "dir", None):
-        return Path(args.dir)
-    if getattr(args, "config", None) or os.environ.get(CONFIG_ENV):
-        return config_from_args(args).policy.dir or shipped_policy_dir()
-    return shipped_policy_dir()
+    given = getattr(args, "dirs", None) or ([args.dir] if getattr(args, "dir", None) else [])
+    if given:
+        return [Path(d) for d in given]
+    return policy_dirs(config.policy) if config else [shipped_policy_dir()]
 
 
-def _policy_queries(args: argparse.Namespace, *, for_tests: bool):
-    """The engine `policy test`/`policy eval` ask: --engine, else the configured one, else embedded."""
-    from chit.policy.testing import EmbeddedQueries, OpaQueries
-
-    config = config_from_args(args) if (getattr(args, "config", None) or os.environ.get(CONFIG_ENV)) else None
+def _engine(args: argparse.Namespace, config: Config | None) -> tuple[str, str]:
+    """--engine/--opa-url, else the configured ones, else the embedded engine."""
     engine = args.engine or (config.policy.engine if config else "embedded")
-    if engine == "opa":
-        return OpaQueries(args.opa_url or (config.policy.opa_url if config else "http://127.0.0.1:8181"))
-    return EmbeddedQueries(_policy_dir(args), require_decision=not for_tests)
+    return engine, args.opa_url or (config.policy.opa_url if config else "http://127.0.0.1:8181")
 
 
-async def _policy_test(args: argparse.Namespace) -> list:
-    from chit.policy.testing import OpaQueries, require_same_modules, run_tests
+class TestPrinter:
+    """Streams `chit policy test` results as they complete, then the summary."""
 
-    queries = _policy_queries(args, for_tests=True)
+    RULE = "-" * 60
+
+    def __init__(self, verbose: bool):
+        self.verbose = verbose
+
+    def __call__(self, result: PolicyTestResult) -> None:
+        if self.verbose or result.status != "PASS":
+            print(f"{result.status}: {result.rule} ({result.milliseconds:.1f} ms)", flush=True)
+            if result.status == "ERROR":
+                for line in result.detail:
+                    print(f"  {line}", flush=True)
+
+    def failures(self, results: list[PolicyTestResult], details: dict[str, tuple[str, ...]]) -> None:
+        failed = [r for r in results if r.status == "FAIL"]
+        if not failed:
+            return
+        print(f"{self.RULE}\nFAILURES")
+        for result in failed:
+            print(f"{result.rule} ({result.test.where})")
+            for line in details.get(result.rule) or result.detail or ("the test's rule is not true",):
+                print(f"  {line}")
+
+    def summary(self, results: list[PolicyTestResult], seconds: float, compile_seconds: float | None) -> None:
+        print(self.RULE)
+        total = len(results)
+        for status in ("PASS", "FAIL", "ERROR"):
+            count = sum(r.status == status for r in results)
+            if count or status == "PASS":
+                print(f"{status}: {count}/{total}")
+        compiled = f"; compiling: {compile_seconds:.2f} s" if compile_seconds is not None else ""
+        print(f"{total} tests in {seconds:.2f} s ({seconds / total * 1000:.1f} ms per test{compiled})")
+
+
+def _print_coverage(modules: list[ModuleCoverage]) -> None:
+    from chit.policy.coverage import line_ranges
+
+    print(f"{TestPrinter.RULE}\nCOVERAGE: lines of rule bodies selected in some test (docs/policy/testing.md#coverage)")
+    covered = sum(len(m.covered) for m in modules)
+    measured = covered + sum(len(m.not_covered) for m in modules)
+    for module in modules:
+        measured_lines = len(module.covered) + len(module.not_covered)
+        print(f"{module.module}: {module.percent:.1f}% ({len(module.covered)}/{measured_lines} lines)")
+        if module.not_covered:
+            print(f"  not covered: {line_ranges(module.not_covered)}")
+        if module.not_measured:
+            print(f"  not measured (functions, rules without a body): {line_ranges(module.not_measured)}")
+    print(f"total: {100.0 * covered / measured if measured else 100.0:.1f}% ({covered}/{measured} lines)")
+
+
+async def _opa_tests(args: argparse.Namespace, opa_url: str, dirs: list[Path], select: re.Pattern[str] | None, printer: TestPrinter) -> list[PolicyTestResult]:
+    from chit.policy.testing import OpaQueries, require_same_modules, run_opa_tests
+
+    queries = OpaQueries(opa_url)
     try:
-        if isinstance(queries, OpaQueries):
-            await queries.load()
-            if getattr(args, "dir", None):
-                require_same_modules(Path(args.dir), queries)
-        return await run_tests(queries, embedded=not isinstance(queries, OpaQueries))
+        await queries.load()
+        if args.dirs:
+            require_same_modules(dirs, queries)
+        return await run_opa_tests(queries, select, printer)
     finally:
         await queries.close()
 
 
 def cmd_policy_test(args: argparse.Namespace) -> None:
+    """Exit codes as `opa test --fail-on-empty`: 0 every test passed, 2 a test failed or
+    errored, 1 the tests could not be run (nothing to run, a policy that does not load)."""
     import asyncio
 
     from chit.policy import PolicyUnavailable
-    from chit.policy.bundle import PolicyLoadError
+    from chit.policy.bundle import PolicyLoadError, load_policy_dir
+    from chit.policy.plancache import PlanCache, default_directory
+    from chit.policy.testing import EmbeddedTests
 
+    started = time.perf_counter()
+    config = _optional_config(args)
+    dirs = _policy_dirs(args, config)
+    engine, opa_url = _engine(args, config)
     try:
-        results = asyncio.run(_policy_test(args))
+        select = re.compile(args.run) if args.run else None
+    except re.error as error:
+        fail(f"--run {args.run!r} is not a regular expression: {error}", 1)
+    printer = TestPrinter(args.verbose)
+    suite = None
+    try:
+        if engine == "opa":
+            if args.coverage:
+                fail("--coverage is measured by the embedded engine only (OPA's REST API has no coverage)", 1)
+            results = asyncio.run(_opa_tests(args, opa_url, dirs, select, printer))
+        else:
+            bundle = load_policy_dir(dirs[0], require_decision=False, extra_dirs=dirs[1:])
+            directory = None if args.no_cache else default_directory(os.environ)
+            suite = EmbeddedTests(bundle, select, coverage=args.coverage, cache=PlanCache(directory) if directory else None)
+            if not suite.tests:
+                fail("no test_ rules match --run" if select else "no test_ rules found", 1)
+            results = suite.run(printer)
     except (PolicyLoadError, PolicyUnavailable) as error:
         fail(str(error), 1)
     if not results:
-        fail("no test_ rules found", 1)
-    for result in results:
-        if args.verbose or result.status != "PASS":
-            line = f"{result.status}: {result.rule} ({result.milliseconds:.1f} ms)"
-            print(line + (f"\n  {result.detail}" if result.detail else ""))
-    passed = sum(r.status == "PASS" for r in results)
-    print(f"{'-' * 60}\nPASS: {passed}/{len(results)}" + ("" if passed == len(results) else f"  FAIL/ERROR: {len(results) - passed}"))
-    raise SystemExit(0 if passed == len(results) else 1)
+        fail("no test_ rules match --run" if select else "no test_ rules found", 1)
+    printer.failures(results, suite.explain_failures(results) if suite is not None else {})
+    printer.summary(results, time.perf_counter() - started, suite.compile_seconds if suite is not None else None)
+    if suite is not None and args.coverage:
+        _print_coverage(suite.coverage_report())
+    raise SystemExit(0 if all(r.status == "PASS" for r in results) else 2)
 
 
-async def _policy_eval(args: argparse.Namespace, policy_input: dict) -> dict:
-    from chit.policy.testing import OpaQueries, evaluate
+def _eval_config(args: argparse.Namespace) -> Config:
+    """--config (or $CHIT_CONFIG), --dev (as `chit serve --dev`), or the defaults; --dir and
+    --engine/--opa-url override its policy section."""
+    from chit.server.config import parse_config
+    from chit.server.dev import dev_config
 
-    queries = _policy_queries(args, for_tests=False)
+    config = _optional_config(args)
+    if args.dev:
+        if not (Path(args.state_dir) / "dev-cluster" / "key.pem").is_file():
+            fail(f"no development cluster under {args.state_dir}: start `chit serve --dev` first (eval creates none)")
+        config = dev_config(Path(args.state_dir), "127.0.0.1", 8400, config)
+    elif config is None:
+        config = parse_config({"issuer": "http://127.0.0.1:8400", "signing": {"keys_dir": ".chit/keys"}}, "(chit policy eval defaults)", Path.cwd())
+    policy = {}
+    if args.dir:
+        policy["dir"] = Path(args.dir)
+    if args.engine:
+        policy["engine"] = args.engine
+    if args.opa_url:
+        policy["opa_url"] = args.opa_url
+    return config.model_copy(update={"policy": config.policy.model_copy(update=policy)}) if policy else config
+
+
+def _read_text(path: str, what: str) -> str:
     try:
-        if isinstance(queries, OpaQueries) and args.explain:
-            await queries.load()
-        return await evaluate(queries, policy_input, with_explanation=args.explain)
+        return Path(path).read_text(encoding="utf-8") if path != "-" else sys.stdin.read()
+    except (OSError, UnicodeDecodeError) as error:
+        fail(f"cannot read {what} {path}: {error}")
+        raise  # unreachable
+
+
+async def _explain(config: Config, policy_input: dict[str, Any]) -> dict[str, Any]:
+    from chit.policy import policy_bundle
+    from chit.policy.testing import EmbeddedExplainer, OpaQueries, explain_on_opa
+
+    if config.policy.engine == "embedded":
+        return EmbeddedExplainer(policy_bundle(config.policy)).explain(policy_input)
+    queries = await OpaQueries(config.policy.opa_url).load()
+    try:
+        return await explain_on_opa(queries, policy_input)
     finally:
         await queries.close()
 
 
+def _document_request(document: dict[str, Any], name: str | None) -> dict[str, Any]:
+    """`request` and `now.unix` of an input document, checked."""
+    request = document.get("request") or {}
+    given: dict[str, Any] = {}
+    if not isinstance(request, dict):
+        fail(f"input {name}: request must be an object")
+    for key in ("scope", "audience", "resource"):
+        values = request.get(key, [])
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            fail(f"input {name}: request.{key} must be an array of strings")
+        if values:
+            given[key] = tuple(values)
+    if request.get("requested_token_type") is not None:
+        given["requested_token_type"] = str(request["requested_token_type"])
+    if request.get("actor") is not None:
+        fail(f"input {name}: request.actor is set, but chit policy eval takes no actor token")
+    unix = (document.get("now") or {}).get("unix") if isinstance(document.get("now"), dict) else None
+    if unix is not None:
+        if isinstance(unix, bool) or not isinstance(unix, (int, float)):
+            fail(f"input {name}: now.unix must be a number")
+        given["now"] = float(unix)
+    return given
+
+
 def cmd_policy_eval(args: argparse.Namespace) -> None:
+    """Prints the server's answer (`status`: 200 when it would issue a credential); exits 0
+    when it has one, 1 when eval cannot run (a policy that does not load, OPA down), 2 on
+    a usage error."""
     import asyncio
 
     from chit.policy import PolicyUnavailable
     from chit.policy.bundle import PolicyLoadError
+    from chit.server.policy_eval import EvalRequest, evaluate_exchange, parse_now
+    from chit.strictjson import strict_json
+
+    config = _eval_config(args)
+    document: dict[str, Any] | None = None
+    token = None
+    if args.input is not None:
+        try:
+            document = strict_json(_read_text(args.input, "input"))
+        except ValueError as error:
+            fail(f"input {args.input} is not a JSON document: {error}")
+        if not isinstance(document, dict):
+            fail(f"input {args.input} must be a JSON object (an input document: subject, attestation, …)")
+    else:
+        token = _read_text(args.subject_token, "subject token").strip()
+    # An input document's request and time are the defaults of the flags (an input eval
+    # printed can be given back); its actor cannot be: eval takes no actor token.
+    given = _document_request(document or {}, args.input)
+    try:
+        now = parse_now(args.now, given.get("now", time.time()))
+    except ValueError as error:
+        fail(str(error))
+    request = EvalRequest(
+        subject_token=token,
+        subject_token_type=args.subject_token_type,
+        scope=tuple(args.scope.split()) if args.scope is not None else given.get("scope", ()),
+        audience=tuple(args.audience) if args.audience else given.get("audience", ()),
+        resource=tuple(args.resource) if args.resource else given.get("resource", ()),
+        requested_token_type=args.requested_token_type or given.get("requested_token_type"),
+    )
+
+    async def run() -> dict[str, Any]:
+        answer = await evaluate_exchange(config, request, now, document=document, network=args.network)
+        result = answer.document()
+        if args.explain and answer.policy_input is not None:
+            result["explain"] = await _explain(config, answer.policy_input)
+        return result
 
     try:
-        policy_input = json.loads(Path(args.input).read_text() if args.input != "-" else sys.stdin.read())
-    except (OSError, ValueError) as error:
-        fail(f"cannot read input {args.input}: {error}")
-    if not isinstance(policy_input, dict):
-        fail(f"input {args.input} must be a JSON object")
-    try:
-        result = asyncio.run(_policy_eval(args, policy_input))
-    except (PolicyLoadError, PolicyUnavailable) as error:
+        result = asyncio.run(run())
+    except ValueError as error:
+        fail(f"input {args.input}: {error}", 1)
+    except (PolicyLoadError, PolicyUnavailable, OSError) as error:
         fail(str(error), 1)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2, default=str))
 
 
 def cmd_config_check(args: argparse.Namespace) -> None:
@@ -540,14 +713,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     policy = commands.add_parser("policy", help="policy tooling").add_subparsers(dest="policy_command", required=True)
     test = with_config(policy.add_parser("test", help="run the Rego unit tests (test_* rules)"))
-    test.add_argument("dir", nargs="?", help="policy directory (default: the configured or shipped policies)")
-    test.add_argument("-v", "--verbose", action="store_true", help="list passing tests too")
+    test.add_argument("dirs", nargs="*", metavar="DIR", help="policy directories, the first one the policy (default: policy.dir and policy.extra_dirs, else the shipped policies)")
+    test.add_argument("-v", "--verbose", action="store_true", help="list every test as it completes, passing ones too")
+    test.add_argument("-r", "--run", metavar="REGEX", help="run only the tests whose name (data.pkg.test_x) matches REGEX")
+    test.add_argument("-c", "--coverage", action="store_true", help="report which lines of the policy the tests exercised (embedded engine)")
+    test.add_argument("--no-cache", action="store_true", help="compile every plan afresh (default: reuse the plans of unchanged tests, from $XDG_CACHE_HOME/chit/plans)")
     with_engine(test)
     test.set_defaults(handler=cmd_policy_test)
-    evaluate = with_config(policy.add_parser("eval", help="print the decision for an input document"))
-    evaluate.add_argument("--input", required=True, metavar="FILE", help="input JSON ('-' for stdin)")
-    evaluate.add_argument("--dir", help="policy directory (default: the configured or shipped policies)")
-    evaluate.add_argument("--explain", action="store_true", help="also print which rules produced the decision")
+    evaluate = with_config(policy.add_parser("eval", help="the server's answer to one exchange, from a subject token or an input document"))
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--subject-token", metavar="FILE", help="a subject token ('-': stdin), verified as the server verifies it")
+    source.add_argument("--input", metavar="FILE", help="an input document ('-': stdin): its subject, attestation and images stand for verified facts")
+    evaluate.add_argument("--subject-token-type", default=TOKEN_TYPE_JWT, metavar="URN", help="default: the JWT token type")
+    evaluate.add_argument("--scope", metavar="'A B'", help="the requested scope (space-separated)")
+    evaluate.add_argument("--audience", action="append", metavar="URI", help="a requested audience (repeatable)")
+    evaluate.add_argument("--resource", action="append", metavar="URI", help="a requested resource (repeatable)")
+    evaluate.add_argument("--requested-token-type", metavar="URN", help="default: an access token")
+    evaluate.add_argument("--now", metavar="RFC3339", help="the time of the exchange (default: now), e.g. 2026-11-24T10:00:00Z")
+    evaluate.add_argument("--dir", help="policy directory (default: policy.dir, else the shipped policies)")
+    evaluate.add_argument("--dev", action="store_true", help="the configuration of `chit serve --dev` (its development cluster)")
+    evaluate.add_argument("--state-dir", default=".chit", help="with --dev: where the development cluster lives")
+    evaluate.add_argument("--network", action="store_true", help="let the verification reach other hosts (JWKS, Google's keys, platform APIs); default: loopback only")
+    evaluate.add_argument("--explain", action="store_true", help="also print which branch decided and every rule's value")
     with_engine(evaluate)
     evaluate.set_defaults(handler=cmd_policy_eval)
 

@@ -29,9 +29,8 @@ from chit.server.logs import Log
 from chit.server.tracing import Tracing
 from chit.state import State
 from chit.urls import is_loopback_host, require_safe_url
+from chit.server import CONFIG_ENV, RESOLVED_CONFIG_ENV  # noqa: F401 — re-exported
 
-CONFIG_ENV = "CHIT_CONFIG"
-RESOLVED_CONFIG_ENV = "CHIT_RESOLVED_CONFIG"  # set by `chit serve` for its uvicorn workers
 MAX_TOKEN_TTL = 900  # docs/reference: a minted credential never lives longer than 15 minutes.
 
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")

@@ -9,11 +9,24 @@ import rego.v1
 # The decision is always defined, so an unknown workload is an explicit deny.
 default decision := {"allow": false, "reasons": ["no binding for this workload"]}
 
-# The first rule whose condition holds decides: every denial comes before the
-# grant. A denial's value must not depend on anything that can be undefined,
+# The first rule whose condition holds decides: every refusal comes before the
+# grant. A refusal's value must not depend on anything that can be undefined,
 # or the chain would fall through to the next rule. The binding is bound to a
 # local once per body: each reference to a rule costs the embedded engine time.
-decision := {"allow": false, "reasons": [refusal]} if {
+#
+# 1. `deny`: refusals any module of package chit may add, without editing this
+#    file (docs/policy/writing.md "Adding a refusal"):
+#        deny contains "no exchanges on weekends" if input.now.weekday in {"Saturday", "Sunday"}
+#    Any message refuses the exchange; all of them, sorted, are the reasons.
+#    `data.chit.deny` is undefined (no refusal) while no module defines one.
+#    (The set's members are sorted as an array: rego-cpp 1.5's sort of a set
+#    returns a set.)
+# 2. the binding's own constraints (`binding_refusal`, below);
+# 3. the binding's grant, with its AWS role when it has one.
+decision := {"allow": false, "reasons": refusals} if {
+	refusals := sort([message | some message in data.chit.deny])
+	count(refusals) > 0
+} else := {"allow": false, "reasons": [refusal]} if {
 	refusal := binding_refusal
 } else := grant if {
 	# A binding with an AWS role, for requested_token_type aws-credentials.

@@ -307,3 +307,37 @@ test_kubernetes_names_do_not_match_an_instance_binding if {
 	d := data.chit.decision with input.attestation as a with data.bindings as b
 	d.allow == false
 }
+
+# --- deny: refusals added by any module of package chit ---
+
+test_a_deny_refuses_a_bound_workload if {
+	a := payments_agent
+	b := bindings
+	refusals := {"no exchanges on weekends"}
+	d := data.chit.decision with input.attestation as a with data.bindings as b with data.chit.deny as refusals
+	d == {"allow": false, "reasons": ["no exchanges on weekends"]}
+}
+
+test_every_deny_message_is_a_reason_in_order if {
+	a := payments_agent
+	b := bindings
+	refusals := {"z: last", "a: first"}
+	d := data.chit.decision with input.attestation as a with data.bindings as b with data.chit.deny as refusals
+	d.reasons == ["a: first", "z: last"]
+}
+
+test_a_deny_comes_before_the_binding_constraints if {
+	a := object.union(payments_agent, {"service_account": "regional"})
+	b := bindings
+	refusals := {"maintenance"}
+	d := data.chit.decision with input.attestation as a with data.bindings as b with data.chit.deny as refusals
+	d.reasons == ["maintenance"]
+}
+
+test_no_deny_message_refuses_nothing if {
+	a := payments_agent
+	b := bindings
+	refusals := set()
+	d := data.chit.decision with input.attestation as a with data.bindings as b with data.chit.deny as refusals
+	d.allow == true
+}

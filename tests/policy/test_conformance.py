@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,8 @@ def test_every_shipped_rego_test_passes_on_both_engines(shipped_opa: OpaStandIn)
 
 
 def test_explanations_agree(tmp_path: Path, shipped_opa: OpaStandIn) -> None:
+    """Every rule's value, on both engines; which branch decided, on the embedded engine
+    (OPA's REST API has no such answer)."""
     document = next(d for d in corpus() if d["attestation"]["cluster"] == "dev")
     (tmp_path / "input.json").write_text(json.dumps(document))
     outputs = [
@@ -173,4 +176,71 @@ def test_explanations_agree(tmp_path: Path, shipped_opa: OpaStandIn) -> None:
     embedded, opa = ({r["rule"]: r.get("value", "undefined") for r in o["explain"]["rules"]} for o in outputs)
     assert embedded == opa
     assert embedded["data.chit.binding"]["audience"] == ["https://demo.chit.invalid"]
-    assert outputs[0]["explain"]["decided_by"] == "chit/decision.rego:" + outputs[1]["explain"]["decided_by"].rsplit(":", 1)[1]
+    assert [o["status"] for o in outputs] == [200, 200]
+    module, line = outputs[0]["explain"]["decided_by"].rsplit(":", 1)
+    branch = (ROOT / "policies" / module).read_text().splitlines()[int(line) - 1:]
+    assert branch[0] == "} else := grant if {" and "b.aws" not in branch[1]  # the grant without an AWS role
+    assert outputs[1]["explain"]["decided_by"] is None
+
+
+# --- the example policies of the policy guide ------------------------------------------------------
+
+GUIDE = sorted((ROOT / "docs" / "policy").glob("*.md"))
+_REGO_BLOCK = re.compile(r"```rego\n(.*?)```", re.DOTALL)
+
+
+def guide_examples() -> dict[str, str]:
+    """Every complete Rego module of the policy guide (a block that declares its package), by
+    a file name made of its page and its place there."""
+    examples = {}
+    for page in GUIDE:
+        for number, block in enumerate(_REGO_BLOCK.findall(page.read_text())):
+            package = re.search(r"^package\s+([\w.]+)", block, re.MULTILINE)
+            if package:
+                suffix = "_test.rego" if package.group(1).endswith("_test") else ".rego"
+                examples[f"chit/guide_{page.stem}_{number}{suffix}"] = block
+    return examples
+
+
+def test_the_guide_has_example_policies_and_tests() -> None:
+    examples = guide_examples()
+    assert sum(name.endswith("_test.rego") for name in examples) >= 3
+    assert sum(not name.endswith("_test.rego") for name in examples) >= 3
+
+
+@pytest.fixture(scope="module")
+def guide_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped policy with every example module of the guide beside it."""
+    policy = copy_policy(tmp_path_factory.mktemp("guide") / "policies")
+    for name, source in guide_examples().items():
+        (policy / name).write_text(source)
+    return policy
+
+
+def test_the_guides_examples_pass_their_tests_alike_on_both_engines(guide_policy: Path, tmp_path: Path) -> None:
+    opa = OpaStandIn(guide_policy, tmp_path)
+    try:
+        embedded = chit_cli("policy", "test", str(guide_policy), "-v")
+        on_opa = chit_cli("policy", "test", str(guide_policy), "-v", "--engine", "opa", "--opa-url", opa.url)
+    finally:
+        opa.stop()
+    assert embedded.returncode == 0, embedded.stdout + embedded.stderr
+    assert on_opa.returncode == 0, on_opa.stdout + on_opa.stderr
+    assert verdicts(embedded.stdout) == verdicts(on_opa.stdout)
+    assert {
+        "data.chit_payments_test.test_the_agent_may_read",
+        "data.chit_refusals_test.test_saturday_is_refused",
+        "data.chit_gcp_by_team_test.test_a_stopped_vm_is_not",
+    } <= set(verdicts(embedded.stdout))
+
+
+def test_the_guides_examples_decide_alike_on_both_engines(guide_policy: Path, tmp_path: Path) -> None:
+    documents = [d for d in corpus() if d.get("images") is None][::7]
+    gcp = {"kind": "gcp", "project_id": "payments-prod", "email": "agent@payments-prod.iam.gserviceaccount.com", "zone": "europe-west1-b",
+           "region": "europe-west1", "status": "RUNNING", "labels": {"team": "payments"}}
+    for weekday in ("Saturday", "Monday"):
+        documents.append({"subject": "spiffe://example.org/gcp/x", "attestation": gcp, "request": {"audience": [], "resource": [], "scope": []},
+                          "now": {"unix": 1795341600, "rfc3339": "2026-11-24T10:00:00Z", "weekday": weekday, "hour": 10}})
+    results = compare(guide_policy, tmp_path, documents)
+    assert all(embedded == opa for embedded, opa in results), [r for r in results if r[0] != r[1]][:2]
+    assert {decision.allow for decision, _ in results} == {True, False}

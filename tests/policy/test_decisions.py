@@ -1,5 +1,6 @@
 """Decisions that are not a clean allow are denials, and a policy that cannot be
-used stops chit from starting. Tooling: `chit policy test` and `chit policy eval`."""
+used stops chit from starting; how a policy directory and its extra directories load.
+(The tooling: tests/policy/test_testing.py and tests/server/test_policy_eval.py.)"""
 
 from __future__ import annotations
 
@@ -199,65 +200,62 @@ def test_data_files_are_placed_at_their_directory_path(tmp_path: Path) -> None:
     assert bundle.data == {"bindings": {}, "chit": {"extra": {"limit": 3}}}
 
 
-def test_overlapping_data_files_are_refused(tmp_path: Path) -> None:
+def test_data_files_merge_key_by_key_as_opa_loads_them(tmp_path: Path) -> None:
+    """OPA's loader (internal/merge): objects merge at any depth; a second file adds bindings."""
+    from chit.policy.bundle import load_policy_dir
+
+    policy = copy_policy(tmp_path / "p", data={"bindings": {"kubernetes": {"dev": {"demo": {"agent": {"scope": ["a"]}}}}}})
+    (policy / "bindings" / "kubernetes").mkdir(parents=True)
+    (policy / "bindings" / "kubernetes" / "data.json").write_text('{"prod": {"payments": {"agent": {"scope": ["b"]}}}}')
+    bundle = load_policy_dir(policy)
+    assert bundle.data["bindings"]["kubernetes"] == {"dev": {"demo": {"agent": {"scope": ["a"]}}}, "prod": {"payments": {"agent": {"scope": ["b"]}}}}
+
+
+@pytest.mark.parametrize(
+    "second, key",
+    [
+        ('{"dev": {"demo": {"agent": {"scope": ["b"]}}}}', "bindings.kubernetes.dev.demo.agent.scope"),  # a value changed
+        ('{"dev": {"demo": {"agent": 1}}}', "bindings.kubernetes.dev.demo.agent"),  # an object replaced
+        ('{"dev": {"demo": {"agent": {"ttl": 60}}}}', None),  # a key added inside another file's object: merged
+    ],
+    ids=["value", "object", "added-key"],
+)
+def test_a_value_defined_by_two_data_files_refuses_the_policy_naming_both(tmp_path: Path, second: str, key: str | None) -> None:
     from chit.policy.bundle import PolicyLoadError, load_policy_dir
 
-    policy = copy_policy(tmp_path / "p", data={"chit": {"extra": {"limit": 1}}})
-    (policy / "chit" / "extra").mkdir()
-    (policy / "chit" / "extra" / "data.json").write_text('{"limit": 3}')
-    with pytest.raises(PolicyLoadError, match="defined twice"):
+    policy = copy_policy(tmp_path / "p", data={"bindings": {"kubernetes": {"dev": {"demo": {"agent": {"scope": ["a"]}}}}}})
+    (policy / "bindings" / "kubernetes").mkdir(parents=True)
+    (policy / "bindings" / "kubernetes" / "data.json").write_text(second)
+    if key is None:
+        assert load_policy_dir(policy).data["bindings"]["kubernetes"]["dev"]["demo"]["agent"] == {"scope": ["a"], "ttl": 60}
+        return
+    with pytest.raises(PolicyLoadError) as refusal:
         load_policy_dir(policy)
+    message = str(refusal.value)
+    assert f"data {key} is already defined by" in message
+    assert str(policy / "data.json") in message and str(policy / "bindings" / "kubernetes" / "data.json") in message
 
 
-# --- chit policy test / eval ----------------------------------------------------------------
+def test_extra_dirs_add_modules_and_data_beside_the_policy(tmp_path: Path) -> None:
+    """policy.extra_dirs: local bindings and rules without editing the shipped files."""
+    from chit.policy import build_engine, policy_bundle
+    from chit.policy.config import PolicySettings
 
+    local = tmp_path / "local"
+    (local / "chit").mkdir(parents=True)
+    (local / "data.json").write_text('{"bindings": {"kubernetes": {"dev": {"ops": {"agent": {"audience": ["https://ops"]}}}}}}')
+    (local / "chit" / "freeze.rego").write_text('package chit\n\nimport rego.v1\n\ndeny contains "frozen" if input.attestation.namespace == "frozen"\n')
+    settings = PolicySettings(extra_dirs=[local])
+    assert str(local / "chit" / "freeze.rego") in policy_bundle(settings).modules
+    engine = build_engine(settings)
 
-def chit_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chit", *args], capture_output=True, text=True, timeout=120, cwd=cwd, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    def decide(namespace: str) -> dict:
+        document = {"subject": "s", "attestation": {"kind": "kubernetes", "cluster": "dev", "namespace": namespace, "service_account": "agent"}, "request": {}, "now": {}}
+        return engine.evaluate(document)  # type: ignore[attr-defined]
 
-
-def test_policy_test_reports_each_failure(tmp_path: Path) -> None:
-    policy = copy_policy(tmp_path / "p")
-    (policy / "chit" / "broken_test.rego").write_text(
-        "package chit_test\n\nimport rego.v1\n\n"
-        "test_passes if { true }\n\n"
-        'test_fails if { data.chit.decision.allow with input.attestation as {"kind": "nope"} }\n'
-    )
-    result = chit_cli("policy", "test", str(policy))
-    assert result.returncode == 1
-    assert "FAIL: data.chit_test.test_fails" in result.stdout
-    assert "test_passes" not in result.stdout  # only failures without -v
-
-
-def test_policy_eval_prints_the_decision(tmp_path: Path) -> None:
-    document = {
-        "subject": "spiffe://example.org/k8s/dev/ns/demo/sa/agent",
-        "attestation": {"kind": "kubernetes", "cluster": "dev", "namespace": "demo", "service_account": "agent"},
-        "request": {"audience": [], "resource": [], "scope": [], "requested_token_type": "urn:ietf:params:oauth:token-type:access_token", "actor": None},
-        "now": {"unix": 1763776000, "rfc3339": "2026-11-22T01:46:40Z", "weekday": "Sunday", "hour": 1},
-    }
-    (tmp_path / "input.json").write_text(json.dumps(document))
-    result = chit_cli("policy", "eval", "--input", str(tmp_path / "input.json"), "--dir", str(ROOT / "policies"))
-    assert result.returncode == 0, result.stderr
-    output = json.loads(result.stdout)
-    assert output["allow"] is True and output["audience"] == ["https://demo.chit.invalid"]
-    document["attestation"]["namespace"] = "prod"
-    (tmp_path / "input.json").write_text(json.dumps(document))
-    output = json.loads(chit_cli("policy", "eval", "--input", str(tmp_path / "input.json"), "--dir", str(ROOT / "policies")).stdout)
-    assert output["allow"] is False and output["reasons"] == ["no binding for this workload"]
-
-
-def test_whole_input_override_is_reported_not_run(tmp_path: Path) -> None:
-    """rego-cpp would crash on it: the test is an ERROR with the fix, the run goes on."""
-    policy = copy_policy(tmp_path / "p")
-    (policy / "chit" / "crash_test.rego").write_text(
-        "package chit_crash_test\n\nimport rego.v1\n\n"
-        'test_whole_input if { data.chit.decision.allow with input as {"attestation": {}} }\n'
-    )
-    result = chit_cli("policy", "test", str(policy))
-    assert result.returncode == 1
-    assert "ERROR: data.chit_crash_test.test_whole_input" in result.stdout
-    assert "replace input key by key" in result.stdout
+    assert decide("ops")["audience"] == ["https://ops"]  # the local binding
+    assert decide("demo")["audience"] == ["https://demo.chit.invalid"]  # the shipped one, still there
+    assert decide("frozen") == {"allow": False, "reasons": ["frozen"]}  # the local deny
 
 
 def test_server_refuses_a_policy_overriding_the_whole_input(tmp_path: Path) -> None:
@@ -265,51 +263,3 @@ def test_server_refuses_a_policy_overriding_the_whole_input(tmp_path: Path) -> N
         "chit/decision.rego": 'package chit\n\nimport rego.v1\n\nd := {"allow": true}\n\ndecision := x if { x := d with input as {} }\n',
     }))
     assert result.returncode != 0 and "with input as" in result.stderr
-
-
-def test_policy_eval_explain_names_the_deciding_branch(tmp_path: Path) -> None:
-    policy = copy_policy(tmp_path / "p", data={"bindings": {"kubernetes": {"dev": {"demo": {"agent": {"audience": ["https://x"], "regions": ["eu-west-1"]}}}}}})
-    document = {
-        "subject": "spiffe://example.org/k8s/dev/ns/demo/sa/agent",
-        "attestation": {"kind": "kubernetes", "cluster": "dev", "namespace": "demo", "service_account": "agent", "region": "us-east-1"},
-        "request": {"audience": [], "resource": [], "scope": [], "requested_token_type": "urn:ietf:params:oauth:token-type:access_token", "actor": None},
-        "now": {"unix": 1763776000, "rfc3339": "2026-11-22T01:46:40Z", "weekday": "Sunday", "hour": 1},
-    }
-    (tmp_path / "input.json").write_text(json.dumps(document))
-    result = chit_cli("policy", "eval", "--input", str(tmp_path / "input.json"), "--dir", str(policy), "--explain")
-    assert result.returncode == 0, result.stderr
-    output = json.loads(result.stdout)
-    assert output["allow"] is False and output["reasons"] == ["region not allowed by the binding"]
-    module, line = output["explain"]["decided_by"].rsplit(":", 1)
-    assert module == "chit/decision.rego"
-    branch = (policy / module).read_text().splitlines()[int(line) - 1 :][:3]
-    # The branch that wrote the reason: here the binding's constraint chain.
-    assert branch[0].startswith(("decision :=", "binding_refusal :=", "} else :=")) and "region not allowed by the binding" in branch[0]
-    rules = {r["rule"]: r for r in output["explain"]["rules"]}
-    assert rules["data.chit.binding"]["value"]["regions"] == ["eu-west-1"]
-    assert rules["data.chit.within_hours"]["undefined"] is True
-    assert rules["data.chit.decision"]["defined_at"][0] == "chit/decision.rego:10"
-
-
-def test_policy_test_on_opa_reports_each_failure(tmp_path: Path) -> None:
-    from tests.factories import OpaStandIn
-
-    policy = copy_policy(tmp_path / "p")
-    (policy / "chit" / "broken_test.rego").write_text(
-        "package chit_test\n\nimport rego.v1\n\n"
-        "test_passes if { true }\n\n"
-        'test_fails if { data.chit.decision.allow with input.attestation as {"kind": "nope"} }\n'
-    )
-    opa = OpaStandIn(policy, tmp_path)
-    try:
-        result = chit_cli("policy", "test", str(policy), "--engine", "opa", "--opa-url", opa.url)
-        assert result.returncode == 1, result.stdout + result.stderr
-        assert "FAIL: data.chit_test.test_fails" in result.stdout and "PASS: 1/2" in result.stdout
-        # A directory OPA has not loaded is not silently tested against other sources.
-        (policy / "chit" / "broken_test.rego").write_text("package chit_test\n\ntest_other if { true }\n")
-        result = chit_cli("policy", "test", str(policy), "--engine", "opa", "--opa-url", opa.url)
-        assert result.returncode == 1 and "has not loaded chit/broken_test.rego" in result.stderr
-    finally:
-        opa.stop()
-    result = chit_cli("policy", "test", "--engine", "opa", "--opa-url", opa.url)
-    assert result.returncode == 1 and "unreachable" in result.stderr and "Traceback" not in result.stderr

@@ -124,7 +124,7 @@ def test_a_workload_the_policy_denies_gets_no_file_and_the_sdk_says_so(
 ) -> None:
     agent, token_file = sidecar(tmp_path, llm_chit, pod("db-reader"))
     try:
-        agent.wait_for_log("renewing")
+        agent.wait_for_log("failed (1 in a row)")
         assert "invalid_target" in agent.log() and "decision_id" in agent.log()
         assert not token_file.exists()
         monkeypatch.setenv("ANTHROPIC_IDENTITY_TOKEN_FILE", str(token_file))

@@ -29,7 +29,7 @@ def test_minimal_config_has_the_documented_defaults(tmp_path: Path) -> None:
     assert config.signing.algorithm == "ES256" and config.signing.rotation_grace_seconds == 300
     assert config.signing.keys_dir == tmp_path / "var/keys"  # relative to the file
     assert config.tokens.ttl_seconds == 900
-    assert config.policy.engine == "embedded" and config.policy.timeout_ms == 500
+    assert config.policy.engine == "embedded" and config.policy.timeout_ms == 500 and config.policy.extra_dirs == []
     assert config.attestors.kubernetes.max_token_lifetime_seconds == 86400
     assert config.state.backend == "memory" and config.audit.sink == "stdout"
     assert config.token_endpoint == "https://chit.example.org/token"
@@ -233,3 +233,9 @@ def test_serve_with_unusable_aws_certificates_stops_with_the_message(tmp_path: P
     result = run_chit("serve", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert str(certificates) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_policy_extra_dirs_are_relative_to_the_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL + "policy: {dir: policies, extra_dirs: [local, /etc/chit/policy.d]}\n"))
+    assert config.policy.dir == tmp_path / "policies"
+    assert config.policy.extra_dirs == [tmp_path / "local", Path("/etc/chit/policy.d")]
