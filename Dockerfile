@@ -7,18 +7,26 @@
 # chit.yaml: listen {host: 0.0.0.0, port: 8443, tls: {cert_file: /etc/chit-tls/tls.crt,
 # key_file: /etc/chit-tls/tls.key}}, as deploy/base/chit.yaml.
 #
-# Stage 1 installs chit and its pinned dependency ranges from the project's
-# own metadata (pyproject.toml) into a virtualenv; stage 2 copies only that
-# virtualenv onto a clean slim base: no compilers, no pip cache, no apt lists.
+# Stage 1 installs the server's dependencies exactly as locked, every file
+# checked against its hash (requirements/server.lock; nothing is resolved,
+# nothing is built from source), then builds chit's wheel with the locked build
+# backend (requirements/agent.lock) and installs it without dependencies;
+# stage 2 copies only that virtualenv onto a clean slim base: no compilers, no
+# pip, no pip cache, no apt lists (docs/operators/supply-chain.md).
 
 FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+COPY requirements ./requirements
+RUN python -m venv /opt/chit \
+ && /opt/chit/bin/pip install --no-cache-dir --require-hashes --no-deps --only-binary=:all: -r requirements/server.lock \
+ && python -m venv /opt/build \
+ && /opt/build/bin/pip install --no-cache-dir --require-hashes --no-deps --only-binary=:all: -r requirements/agent.lock
 COPY pyproject.toml README.md ./
 COPY chit ./chit
 COPY policies ./policies
-RUN python -m venv /opt/chit \
- && /opt/chit/bin/pip install --no-cache-dir '.[server]' \
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
+ && /opt/chit/bin/pip install --no-cache-dir --no-deps /tmp/wheels/chit-*.whl \
  && /opt/chit/bin/pip uninstall --yes pip \
  && find /opt/chit -name '__pycache__' -prune -exec rm -rf {} +
 

@@ -13,6 +13,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 missing docker-registry && packages+=(docker-registry)   # the OCI registry the image-signature tests push to
 missing kubectl && packages+=(kubernetes-client)   # renders deploy/ with kubectl kustomize
 missing redis-server && packages+=(redis-server)   # the shared state store of the multi-replica tests
+missing redis-sentinel && packages+=(redis-sentinel)   # the sentinels of the high-availability state tests
+missing promtool && packages+=(prometheus)   # promtool: checks and unit-tests the alert rules of deploy/monitoring
 
 if ((${#packages[@]})); then
   echo "test.sh: installing ${packages[*]}" >&2

@@ -23,6 +23,7 @@ SERVER_COMMANDS = {
     "keys": "signing keys: rotate, list, export, publish",
     "policy": "policy tooling: test, eval",
     "config": "configuration: check",
+    "doctor": "check a configuration against the world: Redis, OPA, cluster keys and APIs, AWS, Google, files",
     "revoke": "revoke every token of a workload and refuse its exchanges (--lift to undo)",
     "aws": "AWS instance identity: forget-instance",
 }

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -47,6 +47,19 @@ INSTANCE_LOOKUPS = Counter(
     ["api", "result"],
 )
 STATE_ERRORS = Counter("chit_state_store_errors_total", "State store operations that failed or timed out", ["operation"])
+UNAVAILABLE = Counter(
+    "chit_exchange_unavailable_total",
+    "Exchanges answered 503 temporarily_unavailable, by the dependency that could not answer: attestation (key "
+    "sources, TokenReview, Google's certificates), platform_api (pod and instance lookups), policy, state, sts, signing_key",
+    ["cause"],
+)
+# Set at each scrape, by the worker that answers it: the most recent value is the current one.
+SIGNING_KEY_ACTIVATED = Gauge(
+    "chit_signing_key_activated_timestamp_seconds",
+    "When the signing key in use for each algorithm's series became active (Unix time); rotation is overdue once it is old",
+    ["algorithm"],
+    multiprocess_mode="mostrecent",
+)
 
 
 def since(started: float) -> float:

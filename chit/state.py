@@ -7,7 +7,10 @@ bound; `ttl=None` (kept until deleted) is only for what an operator writes
 `StateUnavailable`; the exchange then fails closed (503).
 
 Backends: `memory` (one process; the default) and `redis` (shared by every
-worker and replica).
+worker and replica): one Redis named by `redis_url`, or the primary that Redis
+Sentinel names (`state.sentinel`), followed across failovers. With
+`wait_for_replicas`, a write that must survive a failover is acknowledged only
+once that many replicas have it (Redis WAIT); otherwise it fails closed.
 """
 
 from __future__ import annotations
@@ -16,16 +19,43 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal
 from urllib.parse import urlsplit
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from chit import metrics
-from chit.section import Milliseconds, Section
+from chit.section import FilePath, Milliseconds, Section
 
 log = logging.getLogger("chit.state")
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """`host:port` (`[v6]:port` for IPv6) as (host, port); ValueError otherwise."""
+    parts = urlsplit(f"//{value}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or port == 0 or parts.username or parts.password or parts.path:
+        raise ValueError(f"{value!r} is not host:port")
+    return parts.hostname, port
+
+
+class Sentinel(Section):
+    """`state.sentinel`: Redis Sentinel names the current primary of `service`."""
+
+    addresses: Annotated[list[str], Field(min_length=1)]  # host:port of every sentinel
+    service: Annotated[str, Field(min_length=1)]  # the name in the sentinels' `sentinel monitor NAME …`
+    password_file: FilePath | None = None  # the sentinels' own password (their `requirepass`), if set
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            parse_address(address)
+        return value
 
 
 class State(Section):
@@ -33,6 +63,11 @@ class State(Section):
 
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str | None = None  # redis://[user:password@]host:port/db, or rediss:// for TLS
+    sentinel: Sentinel | None = None  # instead of redis_url: the primary Sentinel names
+    password_file: FilePath | None = None  # Redis's password (AUTH), kept out of the file; read at start
+    # Writes that must survive a failover (revocations, nonce bindings, single-use
+    # tokens) are acknowledged once this many replicas have them (Redis WAIT).
+    wait_for_replicas: Annotated[int, Field(ge=0, le=16)] = 0
     timeout_ms: Milliseconds = 500  # connect, and each command
 
     @field_validator("redis_url")
@@ -44,9 +79,25 @@ class State(Section):
 
     @model_validator(mode="after")
     def _redis_url(self) -> State:
-        if self.backend == "redis" and not self.redis_url:
-            raise ValueError("backend redis needs redis_url")
+        if self.redis_url and self.sentinel:
+            raise ValueError("set either redis_url or sentinel, not both")
+        if self.backend == "redis" and not (self.redis_url or self.sentinel):
+            raise ValueError("backend redis needs redis_url (or sentinel)")
+        if self.backend == "memory" and (self.sentinel or self.wait_for_replicas or self.password_file):
+            raise ValueError("sentinel, password_file and wait_for_replicas need backend: redis")
+        if self.password_file and self.redis_url and urlsplit(self.redis_url).password:
+            raise ValueError("the password is given twice: in redis_url and in password_file (keep the file)")
         return self
+
+    def where(self) -> str:
+        """Where the state lives, for messages: never a password."""
+        if self.sentinel is not None:
+            return f"redis primary {self.sentinel.service!r} named by sentinels {', '.join(self.sentinel.addresses)}"
+        if self.redis_url is not None:
+            parts = urlsplit(self.redis_url)
+            netloc = parts.netloc.rpartition("@")[2]
+            return f"redis {parts.scheme}://{netloc}{parts.path}"
+        return "memory"
 
 
 class StateUnavailable(Exception):
@@ -200,14 +251,24 @@ redis.call('PEXPIRE', KEYS[1], 60000)
 return tostring(wait)
 """
 
-    def __init__(self, url: str, timeout: float):
+    def __init__(
+        self,
+        url: str | None,
+        timeout: float,
+        *,
+        sentinel: Sentinel | None = None,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        wait_for_replicas: int = 0,
+    ):
         from redis.asyncio import BlockingConnectionPool, Redis
         from redis.asyncio.retry import Retry
+        from redis.asyncio.sentinel import Sentinel as SentinelClient
+        from redis.asyncio.sentinel import SentinelConnectionPool
         from redis.backoff import NoBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
 
-        self._pool = BlockingConnectionPool.from_url(
-            url,
+        options: dict[str, Any] = dict(
             max_connections=self.POOL_SIZE,
             timeout=timeout,
             socket_timeout=timeout,
@@ -215,22 +276,56 @@ return tostring(wait)
             retry=Retry(NoBackoff(), 1, (RedisConnectionError,)),
             decode_responses=True,
         )
+        if password is not None:
+            options["password"] = password
+        if sentinel is None:
+            assert url is not None
+            self._pool = BlockingConnectionPool.from_url(url, **options)
+            self._sentinels: list[Redis] = []
+        else:
+
+            class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+                """Sentinel's pool, waiting (up to the timeout) for a free connection like
+                the single-server one instead of failing at once under load."""
+
+            # Every new connection asks the sentinels for the current primary, so after
+            # a failover the next connection reaches the promoted replica.
+            sentinels = SentinelClient(
+                [parse_address(address) for address in sentinel.addresses],
+                sentinel_kwargs=dict(
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                    # One attempt per sentinel: the next sentinel is the retry (redis-py's default
+                    # backs off for seconds, far beyond the time budget of a request).
+                    retry=Retry(NoBackoff(), 0),
+                    decode_responses=True,
+                    password=sentinel_password,
+                ),
+            )
+            self._pool = BlockingSentinelPool(sentinel.service, sentinels, **options)
+            self._sentinels = sentinels.sentinels
         self._redis = Redis(connection_pool=self._pool)
         self._replace = self._redis.register_script(self._REPLACE)
         self._take = self._redis.register_script(self._TAKE)
         self._failing = False
+        self._wait_for_replicas = wait_for_replicas
+        # WAIT's own budget leaves the rest of the command timeout for the write itself.
+        self._wait_ms = max(1, int(timeout * 1000) // 2)
 
     async def _call(self, operation: str, awaitable):  # type: ignore[no-untyped-def]
+        from redis.asyncio.sentinel import MasterNotFoundError
         from redis.exceptions import RedisError
 
         try:
             result = await awaitable
         except (RedisError, OSError) as error:
             metrics.STATE_ERRORS.labels(operation).inc()
+            # redis-py's own message would list every sentinel client's settings.
+            message = "no sentinel names a reachable primary" if isinstance(error, MasterNotFoundError) else str(error)
             if not self._failing:
-                log.error("state store (redis) unavailable: %s", error)
+                log.error("state store (redis) unavailable: %s", message)
             self._failing = True
-            raise StateUnavailable(f"redis: {error.__class__.__name__}: {error}") from None
+            raise StateUnavailable(f"redis: {error.__class__.__name__}: {message}") from None
         if self._failing:
             log.warning("state store (redis) answers again")
             self._failing = False
@@ -240,22 +335,50 @@ return tostring(wait)
     def _px(ttl: float | None) -> int | None:
         return None if ttl is None else max(1, math.ceil(ttl * 1000))
 
+    async def _durable(self, operation: str, write: Callable[[Any], Any]) -> Any:
+        """A write that must survive a failover: with `wait_for_replicas`, the write and
+        WAIT go down one connection (WAIT counts that connection's writes), and fewer
+        replicas than asked within the budget is StateUnavailable: never acknowledged.
+
+        redis.io, WAIT: "if a given write is transferred to one or more replicas, it is
+        more likely (but not guaranteed) that if the master fails, we'll be able to
+        promote, during a failover, a replica that received the write".
+        """
+        if not self._wait_for_replicas:
+            return await self._call(operation, write(self._redis))
+
+        async def write_and_wait() -> tuple[Any, int]:
+            async with self._redis.pipeline(transaction=False) as pipeline:
+                await write(pipeline)
+                pipeline.wait(self._wait_for_replicas, self._wait_ms)
+                result, acknowledged = await pipeline.execute()
+            return result, acknowledged
+
+        result, acknowledged = await self._call(operation, write_and_wait())
+        if acknowledged < self._wait_for_replicas:
+            metrics.STATE_ERRORS.labels(operation).inc()
+            raise StateUnavailable(
+                f"redis: written on the primary but acknowledged by {acknowledged} of {self._wait_for_replicas} replicas "
+                f"within {self._wait_ms} ms (state.wait_for_replicas)"
+            )
+        return result
+
     async def get(self, key: str) -> str | None:
         return await self._call("get", self._redis.get(self.PREFIX + key))
 
     async def set(self, key: str, value: str, ttl: float | None) -> None:
-        await self._call("set", self._redis.set(self.PREFIX + key, value, px=self._px(ttl)))
+        await self._durable("set", lambda client: client.set(self.PREFIX + key, value, px=self._px(ttl)))
 
     async def add(self, key: str, value: str, ttl: float | None) -> bool:
-        return bool(await self._call("add", self._redis.set(self.PREFIX + key, value, px=self._px(ttl), nx=True)))
+        return bool(await self._durable("add", lambda client: client.set(self.PREFIX + key, value, px=self._px(ttl), nx=True)))
 
     async def replace(self, key: str, expected: str, value: str, ttl: float | None) -> bool:
         px = self._px(ttl)
-        result = self._replace(keys=[self.PREFIX + key], args=[expected, value, "" if px is None else px])
-        return await self._call("replace", result) == 1
+        arguments = [expected, value, "" if px is None else px]
+        return await self._durable("replace", lambda client: self._replace(keys=[self.PREFIX + key], args=arguments, client=client)) == 1
 
     async def delete(self, key: str) -> bool:
-        return await self._call("delete", self._redis.delete(self.PREFIX + key)) == 1
+        return await self._durable("delete", lambda client: client.delete(self.PREFIX + key)) == 1
 
     async def take(self, key: str, per_minute: int, now: float) -> float:
         return float(await self._call("take", self._take(keys=[self.PREFIX + key], args=[per_minute, repr(now)])))
@@ -263,13 +386,42 @@ return tostring(wait)
     async def ping(self) -> bool:
         return bool(await self._call("ping", self._redis.ping()))
 
+    async def replicas(self) -> int:
+        """The primary's replicas online now (`chit doctor` holds them to `wait_for_replicas`)."""
+        info = await self._call("info", self._redis.info("replication"))
+        return sum(1 for name, value in info.items() if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online")
+
     async def close(self) -> None:
         await self._redis.aclose()
         await self._pool.disconnect()
+        for sentinel in self._sentinels:
+            await sentinel.aclose()
+
+
+def read_password(path: Path, key: str) -> str:
+    """A password from its file (a mounted Secret), without the trailing newline editors add."""
+    try:
+        password = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{key} {path}: cannot be read ({getattr(error, 'strerror', None) or error})") from None
+    if not password:
+        raise ValueError(f"{key} {path}: the file is empty")
+    return password
 
 
 def build_state_store(settings: State) -> StateStore:
-    if settings.backend == "redis":
-        assert settings.redis_url is not None  # the section requires it
-        return RedisStore(settings.redis_url, settings.timeout_ms / 1000)
-    return MemoryStore()
+    """The configured store; ValueError (naming the key) when a password file cannot be read."""
+    if settings.backend == "memory":
+        return MemoryStore()
+    password = None if settings.password_file is None else read_password(settings.password_file, "state.password_file")
+    sentinel_password = None
+    if settings.sentinel is not None and settings.sentinel.password_file is not None:
+        sentinel_password = read_password(settings.sentinel.password_file, "state.sentinel.password_file")
+    return RedisStore(
+        settings.redis_url,
+        settings.timeout_ms / 1000,
+        sentinel=settings.sentinel,
+        password=password,
+        sentinel_password=sentinel_password,
+        wait_for_replicas=settings.wait_for_replicas,
+    )

@@ -28,6 +28,7 @@ from tests.factories import (
     copy_policy,
     write_certificates,
 )
+from tests.redis_sentinel import SentinelGroup
 
 PROD_ISSUER = "https://prod.k8s.chit.test"
 STAGING_ISSUER = "https://staging.k8s.chit.test"
@@ -293,3 +294,15 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("own-redis")).start()
     yield server
     server.stop()
+
+
+SENTINEL_PASSWORD = "s3ntinel-and-redis-password"
+
+
+@pytest.fixture(scope="session")
+def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """A primary, its replica and three sentinels, every one of them protected by
+    SENTINEL_PASSWORD, for the tests that share them (none kills a node: those start their own)."""
+    group = SentinelGroup(tmp_path_factory.mktemp("sentinel"), password=SENTINEL_PASSWORD).start()
+    yield group
+    group.stop()

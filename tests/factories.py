@@ -320,11 +320,13 @@ class DocumentServer:
     `failures[path] = status` makes a path answer that status, `delays[path]`
     makes it slow, `headers[path]` adds response headers (e.g. Cache-Control),
     `redirects[path] = url` answers 302 to `url`; `stop()` closes the socket.
+    `request_headers[path]` lists the headers of each request, in order.
     """
 
     def __init__(self) -> None:
         self.documents: dict[str, Any] = {}
         self.hits: dict[str, int] = {}
+        self.request_headers: dict[str, list[dict[str, str]]] = {}
         self.failures: dict[str, int] = {}
         self.delays: dict[str, float] = {}
         self.headers: dict[str, dict[str, str]] = {}
@@ -334,6 +336,7 @@ class DocumentServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                server.request_headers.setdefault(self.path, []).append({k.lower(): v for k, v in self.headers.items()})
                 if self.path in server.delays:
                     time.sleep(server.delays[self.path])
                 if self.path in server.redirects:
@@ -1159,12 +1162,15 @@ class KubernetesApiStandIn(DocumentServer):
     as the API server's service-account authenticator does; `reviews[pod name]`
     may rewrite the answer's status for negative tests. Pods come from `pods`.
     Every request must carry `Authorization: Bearer <credential>` (chit's
-    token_file), else 401.
+    token_file), else 401. A SelfSubjectAccessReview is allowed for the
+    (verb, group, resource) in `permissions` (by default what chit's ClusterRole grants).
+    `request_headers[path]` lists the headers of each request, in order.
     """
 
     def __init__(self, issuer: ClusterIssuer, credential: str) -> None:
         self.issuer = issuer
         self.credential = credential
+        self.permissions: set[tuple[str, str, str]] = {("create", "authentication.k8s.io", "tokenreviews"), ("get", "", "pods")}
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.reviews: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
         self.requests: list[tuple[str, str, Any]] = []
@@ -1220,6 +1226,7 @@ class KubernetesApiStandIn(DocumentServer):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 api.hits[self.path] = api.hits.get(self.path, 0) + 1
                 api.requests.append((method, self.path, json.loads(body) if body else None))
+                api.request_headers.setdefault(self.path, []).append({k.lower(): v for k, v in self.headers.items()})
                 if self.path in api.delays:
                     time.sleep(api.delays[self.path])
                 if self.path in api.failures:
@@ -1230,6 +1237,13 @@ class KubernetesApiStandIn(DocumentServer):
                     spec = json.loads(body)["spec"]
                     return self.answer(201, {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
                                              "metadata": {"creationTimestamp": None}, "spec": spec, "status": api.review(spec)})
+                if method == "POST" and self.path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews":
+                    spec = json.loads(body)["spec"]
+                    asked = spec["resourceAttributes"]
+                    allowed = (asked.get("verb"), asked.get("group", ""), asked.get("resource")) in api.permissions
+                    status = {"allowed": allowed} if allowed else {"allowed": False, "reason": "no RBAC policy matched"}
+                    return self.answer(201, {"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+                                             "metadata": {"creationTimestamp": None}, "spec": spec, "status": status})
                 parts = self.path.split("/")
                 if method == "GET" and len(parts) == 7 and parts[1:4] == ["api", "v1", "namespaces"] and parts[5] == "pods":
                     pod = api.pods.get((parts[4], parts[6]))
@@ -1866,13 +1880,15 @@ class RedisServer:
     """Debian's `redis-server` on a free loopback port, in memory only (no RDB, no AOF).
 
     `kill()` ends it at once (SIGKILL), `start()` brings it back on the same port,
-    `freeze()`/`thaw()` stop and continue it (connections stay open, nothing answers)."""
+    `freeze()`/`thaw()` stop and continue it (connections stay open, nothing answers).
+    `args` are more redis-server options (`--replicaof HOST PORT`, `--requirepass …`)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, *args: str, port: int | None = None):
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = args
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> RedisServer:
@@ -1881,11 +1897,11 @@ class RedisServer:
         log = open(self.directory / "redis.log", "ab")
         self.process = subprocess.Popen(
             ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), "--protected-mode", "yes"],
+             "--dir", str(self.directory), "--protected-mode", "yes", *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        client = self.client(timeout=1)
         deadline = time.time() + timeout
         try:
             while time.time() < deadline:
@@ -1900,10 +1916,11 @@ class RedisServer:
             client.close()
         raise RuntimeError(f"redis-server not ready after {timeout} s")
 
-    def client(self) -> Any:
+    def client(self, timeout: float = 5) -> Any:
         import redis
 
-        return redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=5, decode_responses=True)
+        password = self.args[self.args.index("--requirepass") + 1] if "--requirepass" in self.args else None
+        return redis.Redis(port=self.port, password=password, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -1,5 +1,6 @@
 """The state store interface, held to the same behaviour by every backend
-(the Redis one against a real redis-server), and the Redis backend's failures."""
+(the Redis one against a real redis-server, and through Redis Sentinel with
+writes acknowledged by a replica), and the Redis backend's failures."""
 
 from __future__ import annotations
 
@@ -9,16 +10,29 @@ from typing import Awaitable, Callable, Iterator
 
 import pytest
 
-from chit.state import MemoryStore, RedisStore, StateStore, StateUnavailable
+from chit.state import MemoryStore, RedisStore, Sentinel, State, StateStore, StateUnavailable, build_state_store
 from tests.factories import RedisServer, free_port
+from tests.conftest import SENTINEL_PASSWORD as PASSWORD
+from tests.redis_sentinel import SERVICE, SentinelGroup
 
 Scenario = Callable[[StateStore], Awaitable[None]]
 
 
-@pytest.fixture(params=["memory", "redis"])
+def sentinel_store(group: SentinelGroup, *, wait_for_replicas: int = 1, timeout: float = 2.0, password: str = PASSWORD) -> RedisStore:
+    sentinel = Sentinel(addresses=group.addresses, service=SERVICE)
+    return RedisStore(None, timeout, sentinel=sentinel, password=password, sentinel_password=password, wait_for_replicas=wait_for_replicas)
+
+
+@pytest.fixture(params=["memory", "redis", "sentinel"])
 def new_store(request: pytest.FixtureRequest) -> Iterator[Callable[[], StateStore]]:
     if request.param == "memory":
         yield MemoryStore
+        return
+    if request.param == "sentinel":
+        group: SentinelGroup = request.getfixturevalue("sentinel_group")
+        with group.primary.client() as client:
+            client.flushdb()
+        yield lambda: sentinel_store(group)
         return
     server: RedisServer = request.getfixturevalue("redis_server")
     client = server.client()
@@ -179,3 +193,91 @@ def test_redis_that_stops_answering_times_out_then_recovers(tmp_path) -> None:
         run(lambda: RedisStore(server.url, timeout=0.3), scenario)
     finally:
         server.stop()
+
+
+# --- Redis Sentinel ------------------------------------------------------------------------
+
+
+def test_through_sentinel_writes_reach_the_replica_before_they_are_acknowledged(sentinel_group: SentinelGroup) -> None:
+    async def scenario(store: StateStore) -> None:
+        await store.set("acknowledged", "1", 30)
+        await store.add("bound", "nonce-hash", 30)
+
+    run(lambda: sentinel_store(sentinel_group), scenario)
+    # Read from the replica itself: what chit acknowledged is there already.
+    with sentinel_group.replica.client() as replica:
+        assert replica.get("chit:acknowledged") == "1" and replica.get("chit:bound") == "nonce-hash"
+
+
+def test_a_write_no_replica_acknowledges_is_state_unavailable(sentinel_group: SentinelGroup) -> None:
+    """WAIT: with the replica frozen the primary has the write, but chit must not call it
+    acknowledged (it would not survive a failover); reads still work; then it does again."""
+
+    async def scenario(store: StateStore) -> None:
+        await store.set("before", "1", 30)
+        sentinel_group.replica.freeze()
+        try:
+            started = time.monotonic()
+            for write in (store.set("k", "v", 30), store.add("a", "v", 30), store.replace("before", "1", "2", 30), store.delete("before")):
+                with pytest.raises(StateUnavailable, match="acknowledged by 0 of 1 replicas"):
+                    await write
+            assert time.monotonic() - started < 4 * 0.6  # each waits at most half the timeout
+            assert await store.get("k") == "v"  # on the primary, not acknowledged
+            assert await store.take("bucket", 10, time.time()) == 0.0  # rate limits need no replica
+        finally:
+            sentinel_group.replica.thaw()
+        await store.set("after", "1", 30)
+
+    run(lambda: sentinel_store(sentinel_group, timeout=0.6), scenario)
+
+
+def test_without_wait_for_replicas_a_write_is_acknowledged_by_the_primary_alone(sentinel_group: SentinelGroup) -> None:
+    async def scenario(store: StateStore) -> None:
+        sentinel_group.replica.freeze()
+        try:
+            await store.set("primary-only", "1", 30)
+        finally:
+            sentinel_group.replica.thaw()
+
+    run(lambda: sentinel_store(sentinel_group, wait_for_replicas=0, timeout=0.6), scenario)
+
+
+def test_a_wrong_password_is_state_unavailable_and_never_in_the_message(sentinel_group: SentinelGroup) -> None:
+    async def scenario(store: StateStore) -> None:
+        with pytest.raises(StateUnavailable) as refused:
+            await store.get("k")
+        assert "wrong-password" not in str(refused.value) and PASSWORD not in str(refused.value)
+
+    run(lambda: sentinel_store(sentinel_group, password="wrong-password", timeout=0.5), scenario)
+
+
+def test_unreachable_sentinels_are_state_unavailable() -> None:
+    sentinel = Sentinel(addresses=[f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"], service=SERVICE)
+
+    async def scenario(store: StateStore) -> None:
+        with pytest.raises(StateUnavailable, match="no sentinel names a reachable primary"):
+            await store.ping()
+
+    run(lambda: RedisStore(None, 0.3, sentinel=sentinel), scenario)
+
+
+def test_passwords_come_from_files(sentinel_group: SentinelGroup, tmp_path) -> None:
+    (tmp_path / "redis-password").write_text(PASSWORD + "\n")  # as an editor or `kubectl create secret --from-file` leaves it
+    settings = State.model_validate(
+        {
+            "backend": "redis",
+            "sentinel": {"addresses": sentinel_group.addresses, "service": SERVICE, "password_file": "redis-password"},
+            "password_file": "redis-password",
+            "wait_for_replicas": 1,
+        },
+        context={"base": tmp_path},
+    )
+
+    async def scenario(store: StateStore) -> None:
+        assert await store.ping() is True
+        await store.set("from-files", "1", 30)
+
+    run(lambda: build_state_store(settings), scenario)
+    (tmp_path / "redis-password").write_text("")
+    with pytest.raises(ValueError, match="state.password_file .*redis-password: the file is empty"):
+        build_state_store(settings)

@@ -153,6 +153,11 @@ class KeySource(ABC):
     async def key(self, kid: str | None) -> VerificationKey:
         """The key for `kid`, or InvalidEvidence (unknown) / EvidenceUnavailable (cannot tell)."""
 
+    @abstractmethod
+    async def refresh(self) -> int:
+        """Read or fetch the keys now, whatever is cached (`chit doctor`): the number of
+        usable keys, or EvidenceUnavailable naming what went wrong."""
+
     async def close(self) -> None:
         return None
 
@@ -183,6 +188,17 @@ class FileKeySource(KeySource):
             log.error("cannot read JWKS file %s: %s", self.path, error)
             if self._mtime is None:
                 raise EvidenceUnavailable("issuer keys cannot be read") from None
+
+    async def refresh(self) -> int:
+        try:
+            if os.stat(self.path).st_size > MAX_DOCUMENT_BYTES:
+                raise ValueError("file too large")
+            self._keys = parse_jwks(json.loads(self.path.read_bytes()), str(self.path), self._skipped)
+        except OSError as error:
+            raise EvidenceUnavailable(f"{self.path}: {error.strerror}") from None
+        except ValueError as error:
+            raise EvidenceUnavailable(f"{self.path}: {error}") from None
+        return len(self._keys)
 
     async def key(self, kid: str | None) -> VerificationKey:
         now = _clock()
@@ -331,6 +347,10 @@ class RemoteKeySource(KeySource):
             await asyncio.shield(self._start_fetch())
         except EvidenceUnavailable:
             pass
+
+    async def refresh(self) -> int:
+        await self._guarded_fetch()
+        return len(self._keys or {})
 
     async def key(self, kid: str | None) -> VerificationKey:
         now = _clock()

@@ -42,6 +42,9 @@ class PolicyEngine(Protocol):
 
     async def ready(self) -> bool: ...
 
+    async def unready_reason(self) -> str | None:
+        """Why the engine cannot decide now (for /readyz and `chit doctor`); None when it can."""
+
     async def close(self) -> None: ...
 
 

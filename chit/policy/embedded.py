@@ -148,5 +148,8 @@ class EmbeddedEngine:
     async def ready(self) -> bool:
         return True
 
+    async def unready_reason(self) -> str | None:
+        return None  # compiled at start: it decides as long as the process runs
+
     async def close(self) -> None:
         return None

@@ -123,12 +123,15 @@ class OpaEngine:
         return [p for p in body["result"] if isinstance(p, dict)]
 
     async def ready(self) -> bool:
+        return await self.unready_reason() is None
+
+    async def unready_reason(self) -> str | None:
         """OPA's own health check: 200 once its server is up and its bundles are activated."""
         try:
             status, _ = await self._send("GET", "/health?bundles")
-        except (PolicyUnavailable, PolicyEvaluationError):
-            return False
-        return status == 200
+        except (PolicyUnavailable, PolicyEvaluationError) as error:
+            return str(error)
+        return None if status == 200 else f"OPA at {self.url}: /health?bundles answered HTTP {status}"
 
     async def close(self) -> None:
         await self._client.aclose()

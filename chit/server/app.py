@@ -30,16 +30,18 @@ from chit.attestors.routing import AttestorRouter
 from chit.aws import AwsClients
 from chit.policy import build_engine
 from chit.protocol import GRANT_TYPE_TOKEN_EXCHANGE
+from chit.server import tracing
 from chit.server.audit import AuditLog
 from chit.server.config import Config
 from chit.server.errors import NO_STORE, InvalidRequest, OAuthError, TemporarilyUnavailable
 from chit.server.exchange import HttpRequest, TokenExchange
 from chit.server.introspection import active_claims, bearer_token, introspection_response, require_introspect_scope, verify_own_token
 from chit.server.keys import KeySeries, KeyStore, ensure_signing_keys
+from chit.server.readiness import Readiness
 from chit.server.signatures import ImageSignatures
 from chit.server.sts import StsIssuer
 from chit.server.token_request import parse_token_parameter, read_form_body
-from chit.state import StateStore, StateUnavailable, build_state_store
+from chit.state import StateUnavailable, build_state_store
 
 log = logging.getLogger("chit.app")
 
@@ -83,13 +85,6 @@ def error_response(error: OAuthError) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def state_ready(state: StateStore) -> bool:
-    try:
-        return await state.ping()
-    except StateUnavailable:
-        return False
-
-
 class Endpoints:
     """Every endpoint of chit, as a method taking a Starlette request."""
 
@@ -97,6 +92,7 @@ class Endpoints:
         self.config = config
         self.exchange = exchange
         self.metadata = json.dumps(server_metadata(config, exchange.keys)).encode()
+        self.readiness = Readiness(exchange)
 
     async def token(self, request: Request) -> Response:
         """RFC 8693 token exchange: the pipeline is `TokenExchange.handle`."""
@@ -107,6 +103,8 @@ class Endpoints:
                 content_type=request.headers.get("content-type"),
                 content_length=request.headers.get("content-length"),
                 body=request.stream(),
+                traceparent=request.headers.get("traceparent"),
+                tracestate=request.headers.get("tracestate"),
             ),
             time.time(),
         )
@@ -131,7 +129,7 @@ class Endpoints:
                 log.info("token %s of %s revoked by its holder", claims["jti"], claims["sub"])
         except StateUnavailable as error:
             # RFC 7009 §2.2.1: on a 503 "the client must assume the token still exists".
-            return error_response(TemporarilyUnavailable("cannot record the revocation right now", detail=str(error)))
+            return error_response(TemporarilyUnavailable("cannot record the revocation right now", cause="state", detail=str(error)))
         except OAuthError as error:
             return error_response(error)
         return Response(status_code=200, headers=NO_STORE)
@@ -149,6 +147,11 @@ class Endpoints:
         return JSONResponse(body, headers=NO_STORE)
 
     async def metrics(self, request: Request) -> Response:
+        now = time.time()
+        for algorithm in self.config.signing.series:
+            active = self.exchange.keys.signing_key(now, algorithm)
+            if active is not None:
+                metrics.SIGNING_KEY_ACTIVATED.labels(algorithm=algorithm).set(active.activates_at)
         body, content_type = metrics.exposition()
         return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
@@ -166,14 +169,14 @@ class Endpoints:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        now = time.time()
-        checks = {
-            "signing_key": all(self.exchange.keys.signing_key(now, a) is not None for a in self.config.signing.series),
-            "policy": await self.exchange.policy.ready(),
-            "state": await state_ready(self.exchange.state),
-        }
+        """Each check passes or not; `reasons` says why for each one that does not."""
+        reasons = await self.readiness.check()
+        checks = {check: reason is None for check, reason in reasons.items()}
         ready = all(checks.values())
-        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+        if not ready:
+            body["reasons"] = {check: reason for check, reason in reasons.items() if reason is not None}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     def routes(self) -> list[Route]:
         return [
@@ -190,6 +193,7 @@ class Endpoints:
 
 
 def create_app(config: Config) -> Starlette:
+    tracing.start(config.tracing)
     exchange = build_exchange(config)
     endpoints = Endpoints(config, exchange)
 
@@ -197,6 +201,7 @@ def create_app(config: Config) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await exchange.close()
+        tracing.shutdown()
 
     app = Starlette(routes=endpoints.routes(), lifespan=lifespan)
     app.state.exchange = exchange

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from chit.policy.coverage import ModuleCoverage
     from chit.policy.testing import PolicyTestResult
     from chit.server.config import Config
+    from chit.server.logs import Log
     from chit.state import StateStore
     from chit.server.tls import ReloadingCertificate
 
@@ -55,6 +56,9 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
     else:
         base = config_from_args(args, environ) if has_file else None
         config = dev_config(Path(args.state_dir), args.host or "127.0.0.1", args.port or 8400, base)
+        if base is None or "format" not in base.log.model_fields_set:
+            # A person reads a --dev server's log: text, unless the file says otherwise.
+            config = config.model_copy(update={"log": config.log.model_copy(update={"format": "text"})})
     listen = config.listen.model_copy(
         update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     )
@@ -105,29 +109,37 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def start_server(config: Config, args: argparse.Namespace) -> None:
+    import logging
+    import logging.config
+
+    from chit.server import tracing
     from chit.server.app import build_exchange
     from chit.server.errors import OAuthError
     from chit.server.keys import SigningKeyError
+    from chit.server.logs import log_config
     from chit.policy.bundle import PolicyLoadError
     from chit.server.tls import CertificateError, ReloadingCertificate
 
     tls = config.listen.tls
     try:
         # Fail here, once, with a readable message, rather than in every worker.
+        tracing.check_available(config.tracing)
         exchange = build_exchange(config)
         certificate = None if tls is None else ReloadingCertificate(tls)
-    except (PolicyLoadError, SigningKeyError, ValueError, OSError, OAuthError, CertificateError) as error:
+    except (PolicyLoadError, SigningKeyError, ValueError, OSError, OAuthError, CertificateError, tracing.TracingUnavailable) as error:
         fail(str(error))
     exchange.audit.close()
+    # From here on this process logs as its workers do (a failed start above is one plain line).
+    logging.config.dictConfig(log_config(config.log))
+    log = logging.getLogger("chit.serve")
     os.environ[RESOLVED_CONFIG_ENV] = config.model_dump_json()
     base_url = f"{'http' if tls is None else 'https'}://{config.listen.host}:{config.listen.port}"
     mode = "dev mode" if config.dev else "production mode"
-    print(f"chit {mode}: listening on {base_url} ({args.workers} worker(s)); issuer {config.issuer}", file=sys.stderr)
+    log.info("chit %s: listening on %s (%s worker(s)); issuer %s", mode, base_url, args.workers, config.issuer)
     if config.listen.plain_http:
-        print(
-            f"chit: WARNING: listen.plain_http is true: plain HTTP on {config.listen.host}:{config.listen.port}, "
-            "subject tokens and issued tokens cross the network in clear unless something else encrypts them",
-            file=sys.stderr,
+        log.warning(
+            "listen.plain_http is true: plain HTTP on %s:%s, subject tokens and issued tokens cross the network "
+            "in clear unless something else encrypts them", config.listen.host, config.listen.port,
         )
     if config.dev:
         state = f" --state-dir {args.state_dir}" if args.state_dir != ".chit" else ""
@@ -139,13 +151,18 @@ def start_server(config: Config, args: argparse.Namespace) -> None:
             file=sys.stderr,
             flush=True,
         )
-    run_uvicorn("chit.server.app:app_from_environment", config.listen.host, config.listen.port, args.workers, certificate)
+    run_uvicorn(
+        "chit.server.app:app_from_environment", config.listen.host, config.listen.port, args.workers, certificate, config.log
+    )
 
 
-def run_uvicorn(factory: str, host: str, port: int, workers: int, certificate: ReloadingCertificate | None = None) -> None:
+def run_uvicorn(
+    factory: str, host: str, port: int, workers: int, certificate: ReloadingCertificate | None = None, log: Log | None = None
+) -> None:
     """Serve an app factory with chit's HTTP settings (also used by the benchmarks' floors);
     over HTTPS with `certificate` (each worker process loads its own from the same files)."""
     from chit.server.http import MAX_CONNECTIONS_PER_WORKER, LimitedHttpToolsProtocol
+    from chit.server.logs import Log, log_config
     from chit.server.workers import Supervisor, serve
 
     settings = dict(
@@ -161,7 +178,7 @@ def run_uvicorn(factory: str, host: str, port: int, workers: int, certificate: R
         proxy_headers=False,
         timeout_graceful_shutdown=30,
         limit_concurrency=MAX_CONNECTIONS_PER_WORKER,
-        log_config=_log_config(),
+        log_config=log_config(log or Log()),
     )
     if workers <= 1:
         serve(settings, certificate=certificate)
@@ -175,20 +192,6 @@ def _has_uvloop() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _log_config() -> dict:
-    """Operational logs go to stderr; stdout is reserved for the audit log."""
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
-        "loggers": {
-            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-            "chit": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-        },
-    }
 
 
 # --- chit dev token ---------------------------------------------------------------
@@ -569,6 +572,27 @@ def cmd_config_check(args: argparse.Namespace) -> None:
     print(f"{args.config or os.environ.get(CONFIG_ENV)}: configuration and {policy}")
 
 
+# --- chit doctor -----------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> None:
+    """Every dependency the configuration names, asked as chit asks it: one line per check,
+    the reason of each failure; exit 1 if any check failed (warnings do not fail)."""
+    import asyncio
+
+    from chit.server.doctor import examine
+
+    config = config_from_args(args)
+    print(f"chit doctor: {args.config or os.environ.get(CONFIG_ENV)}")
+    findings = asyncio.run(examine(config))
+    for finding in findings:
+        print(finding.line())
+    failed = sum(f.status == "fail" for f in findings)
+    warned = sum(f.status == "warn" for f in findings)
+    print(f"chit doctor: {failed} failed, {warned} warning(s), {len(findings) - failed - warned} ok")
+    raise SystemExit(1 if failed else 0)
+
+
 # --- chit aws -------------------------------------------------------------------------
 
 
@@ -727,6 +751,10 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--subject", required=True, metavar="SPIFFE_ID", help="the workload's SPIFFE ID (its tokens' sub)")
     revoke.add_argument("--lift", action="store_true", help="allow the subject's exchanges again")
     revoke.set_defaults(handler=cmd_revoke)
+
+    doctor = with_config(commands.add_parser(
+        "doctor", help="check a configuration against the world: Redis, OPA, cluster keys and APIs, AWS, Google, files"))
+    doctor.set_defaults(handler=cmd_doctor)
 
     config = commands.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)
     with_config(config.add_parser("check", help="validate a configuration and compile its policy")).set_defaults(

@@ -27,6 +27,8 @@ from chit.attestors.oidc.config import OidcSettings
 from chit.aws import Aws
 from chit.policy.config import PolicySettings
 from chit.section import FilePath, Milliseconds, Section
+from chit.server.logs import Log
+from chit.server.tracing import Tracing
 from chit.state import State
 from chit.urls import is_loopback_host, require_safe_url
 from chit.server import CONFIG_ENV, RESOLVED_CONFIG_ENV  # noqa: F401 — re-exported
@@ -155,6 +157,8 @@ class Config(Section):
     state: State = State()
     rate_limits: RateLimits = RateLimits()
     audit: Audit = Audit()
+    log: Log = Log()
+    tracing: Tracing = Tracing()
     # Not a file key: set by `chit serve --dev`, which adds the development cluster.
     dev: bool = False
 

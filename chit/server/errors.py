@@ -107,6 +107,14 @@ class TemporarilyUnavailable(OAuthError):
     error = "temporarily_unavailable"
     status_code = 503
     outcome = "unavailable"
+    # Which dependency could not answer, for chit_exchange_unavailable_total{cause}
+    # (docs/operators/metrics.md): attestation, platform_api, policy, state, sts, signing_key.
+    CAUSES = frozenset({"attestation", "platform_api", "policy", "state", "sts", "signing_key", "other"})
+
+    def __init__(self, description: str, *, cause: str = "other", detail: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(description, detail=detail, headers=headers)
+        assert cause in self.CAUSES, cause
+        self.cause = cause
 
 
 class ServerError(OAuthError):

@@ -35,12 +35,14 @@ from chit.policy import (
     policy_input,
 )
 from chit.policy.decision import Decision
+from chit.server import tracing
 from chit.server.audiences import token_profile
 from chit.server.audit import AuditLog
 from chit.server.config import MAX_TOKEN_TTL, Config
 from chit.server.errors import NO_STORE, InvalidRequest, OAuthError, PolicyDenied, ServerError, TemporarilyUnavailable
 from chit.server.grant import Grant, grant
 from chit.server.keys import KeyStore, SigningKey
+from chit.server.logs import DECISION_ID
 from chit.server.mint import TYP_ACCESS_TOKEN, TYP_JWT, mint_jwt
 from chit.server.ratelimit import RateLimits
 from chit.server.reserved_audience import WEB_IDENTITY_AUDIENCE, refuse_reserved_grant
@@ -88,6 +90,9 @@ class HttpRequest:
     content_type: str | None
     content_length: str | None
     body: AsyncIterable[bytes]
+    # W3C Trace Context: the caller's trace, continued when tracing is on.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +138,27 @@ class TokenExchange:
         self.limits = RateLimits(config.rate_limits, state)
 
     async def handle(self, http: HttpRequest, now: float) -> Outcome:
+        """One POST /token: every log line meanwhile carries its decision_id, and with
+        tracing on it is one span, continuing the caller's trace."""
+        decision_id = new_decision_id()
+        logged = DECISION_ID.set(decision_id)
+        try:
+            with tracing.exchange_span(http.traceparent, http.tracestate) as span:
+                outcome = await self.pipeline(http, now, decision_id)
+                audit = outcome.audit
+                tracing.annotate(
+                    span,
+                    {"chit.decision_id": decision_id, "chit.outcome": audit["outcome"], "chit.kind": audit["kind"],
+                     "oauth.error": audit["error"], "http.response.status_code": outcome.status},
+                    failed=outcome.status >= 500,
+                )
+                return outcome
+        finally:
+            DECISION_ID.reset(logged)
+
+    async def pipeline(self, http: HttpRequest, now: float, decision_id: str) -> Outcome:
         """One POST /token, from its raw parts to the response and the audit line."""
         started = time.perf_counter()
-        decision_id = new_decision_id()
         request: TokenRequest | None = None
         subject: Attestation | None = None
         decision: Decision | None = None
@@ -161,6 +184,8 @@ class TokenExchange:
         record = audit_record(decision_id, now, started, http.client, request, subject, decision, granted, issued, error)
         self.audit.write(record)
         metrics.EXCHANGES.labels(record["outcome"], record["kind"] or "none", record["error"] or "none").inc()
+        if isinstance(error, TemporarilyUnavailable):
+            metrics.UNAVAILABLE.labels(error.cause).inc()
         metrics.EXCHANGE_SECONDS.observe(record["latency_ms"] / 1000)
         if error is not None:
             return Outcome(*error.answer(decision_id), audit=record)
@@ -180,6 +205,7 @@ class TokenExchange:
 
     # --- attest -----------------------------------------------------------------------------
 
+    @tracing.step("chit.attest")
     async def attest(self, parameter: str, token_type: str, token: str, now: float) -> Attestation:
         """A subject or actor token verified by its attestor: the facts where the workload runs."""
         started = time.perf_counter()
@@ -188,10 +214,11 @@ class TokenExchange:
         except InvalidEvidence as error:
             raise InvalidRequest(f"{parameter} invalid: {error}") from None
         except EvidenceUnavailable as error:
-            raise TemporarilyUnavailable(f"cannot verify the {parameter} right now", detail=f"{parameter}: {error}") from None
+            raise TemporarilyUnavailable(f"cannot verify the {parameter} right now", cause="attestation", detail=f"{parameter}: {error}") from None
         finally:
             metrics.ATTEST_SECONDS.observe(metrics.since(started))
 
+    @tracing.step("chit.admit")
     async def admit(self, role: str, attestation: Attestation, now: float) -> None:
         """The subject's rate limit (docs/reference/http-api.md "Rate limits": requests that attest count
         against their subject), and the operator's revocations for subject and actor."""
@@ -213,12 +240,13 @@ class TokenExchange:
         try:
             revoked = await self.revocations.subject_revoked(subject)
         except StateUnavailable as error:
-            raise TemporarilyUnavailable("cannot check revocations right now", detail=f"revocations: {error}") from None
+            raise TemporarilyUnavailable("cannot check revocations right now", cause="state", detail=f"revocations: {error}") from None
         if revoked:
             raise PolicyDenied("the exchange is not permitted", detail=f"{role} {subject} is revoked (chit revoke --subject)")
 
     # --- enrich -----------------------------------------------------------------------------
 
+    @tracing.step("chit.enrich")
     async def enrich(self, subject: Attestation, actor: Attestation | None) -> tuple[Attestation, Attestation | None]:
         """Platform API checks and facts (pod lookup, instance state); for the actor too:
         a leaked token of a deleted pod is no actor."""
@@ -230,10 +258,11 @@ class TokenExchange:
         except InvalidEvidence as error:
             raise InvalidRequest(f"{parameter} invalid: {error}") from None
         except EvidenceUnavailable as error:
-            raise TemporarilyUnavailable("cannot verify the workload right now", detail=f"{parameter}: {error}") from None
+            raise TemporarilyUnavailable("cannot verify the workload right now", cause="platform_api", detail=f"{parameter}: {error}") from None
 
     # --- decide -----------------------------------------------------------------------------
 
+    @tracing.step("chit.decide")
     async def decide(self, subject: Attestation, actor: Attestation | None, request: TokenRequest, now: float) -> Decision:
         """The policy's decision on the verified facts and the request: evaluation errors
         and malformed decisions are denials, an engine that cannot answer a 503."""
@@ -256,7 +285,7 @@ class TokenExchange:
             # A fact the engine would mangle is refused, never decided on in another form.
             raise InvalidRequest("the workload's facts cannot be evaluated by this server's policy engine", detail=str(error)) from None
         except PolicyUnavailable as error:
-            raise TemporarilyUnavailable("the policy engine is unavailable", detail=str(error)) from None
+            raise TemporarilyUnavailable("the policy engine is unavailable", cause="policy", detail=str(error)) from None
         finally:
             metrics.POLICY_SECONDS.observe(metrics.since(started))
         return parse_decision(value)
@@ -272,6 +301,7 @@ class TokenExchange:
 
     # --- mint -------------------------------------------------------------------------------
 
+    @tracing.step("chit.mint")
     async def mint(
         self,
         request: TokenRequest,
@@ -323,7 +353,9 @@ class TokenExchange:
         key = self.keys.signing_key(now, algorithm)
         if key is None:
             algorithm = algorithm or self.keys.series.default
-            raise TemporarilyUnavailable("no signing key is active", detail=f"no active {algorithm} key in {self.keys.keys_dir}")
+            raise TemporarilyUnavailable(
+                "no signing key is active", cause="signing_key", detail=f"no active {algorithm} key in {self.keys.keys_dir}"
+            )
         return key
 
     async def mint_aws_credentials(self, subject: Attestation, actor: Attestation | None, decision: Decision, now: float) -> Issued:
@@ -367,6 +399,7 @@ class TokenExchange:
         # with these credentials): as the credential's id it links audit and CloudTrail.
         return Issued(response, expires_in, credentials.access_key_id)
 
+    @tracing.step("chit.state")
     async def commit_replay_guards(self, *attestations: Attestation | None) -> None:
         for attestation in attestations:
             if attestation is not None and attestation.replay_guard is not None:
@@ -375,7 +408,7 @@ class TokenExchange:
                 except InvalidEvidence as error:
                     raise InvalidRequest(f"subject_token invalid: {error}") from None
                 except EvidenceUnavailable as error:
-                    raise TemporarilyUnavailable("cannot record the exchange right now", detail=str(error)) from None
+                    raise TemporarilyUnavailable("cannot record the exchange right now", cause="state", detail=str(error)) from None
 
     async def close(self) -> None:
         await self.attestors.close()

@@ -60,7 +60,7 @@ async def active_claims(keys: KeyStore, issuer: str, revocations: Revocations, t
     try:
         revoked = await revocations.token_revoked(claims)
     except StateUnavailable as error:
-        raise TemporarilyUnavailable("cannot check revocations right now", detail=str(error)) from None
+        raise TemporarilyUnavailable("cannot check revocations right now", cause="state", detail=str(error)) from None
     return None if revoked else claims
 
 

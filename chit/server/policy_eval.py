@@ -164,6 +164,9 @@ class RecordingEngine:
     async def ready(self) -> bool:
         return await self.engine.ready()
 
+    async def unready_reason(self) -> str | None:
+        return await self.engine.unready_reason()
+
     async def close(self) -> None:
         await self.engine.close()
 

@@ -37,7 +37,7 @@ class RateLimits:
         try:
             wait = await self.state.take(key, per_minute, now)
         except StateUnavailable as error:
-            raise TemporarilyUnavailable("the rate limit cannot be checked right now", detail=f"rate limit: {error}") from None
+            raise TemporarilyUnavailable("the rate limit cannot be checked right now", cause="state", detail=f"rate limit: {error}") from None
         if wait > 0:
             raise SlowDown(
                 f"over the rate limit of {per_minute} exchanges per minute for this {what}",

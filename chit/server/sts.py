@@ -31,6 +31,7 @@ from typing import Any, Mapping
 from chit.attestors.base import Attestation
 from chit.aws import AwsClients, AwsRefused, AwsUnavailable
 from chit.server.config import Aws
+from chit.server import tracing
 from chit.server.errors import InvalidRequest, PolicyDenied, TemporarilyUnavailable
 from chit.policy.decision import AwsGrant
 
@@ -152,6 +153,7 @@ class StsIssuer:
         parameters["TransitiveTagKeys"] = transitive
         return StsSession("assume_role", parameters)
 
+    @tracing.step("chit.sts")
     async def assume(self, session: StsSession, web_identity_token: str | None = None) -> AwsCredentials:
         """Credentials from STS; `web_identity_token` is chit's JWT carrying the session's
         web-identity claims (web_identity mode, where the call is unsigned)."""
@@ -164,7 +166,7 @@ class StsIssuer:
         try:
             answer = await self.clients.call("sts", self.config.region, operation, parameters, unsigned=unsigned)
         except AwsUnavailable as error:
-            raise TemporarilyUnavailable("AWS STS is unavailable", detail=str(error)) from None
+            raise TemporarilyUnavailable("AWS STS is unavailable", cause="sts", detail=str(error)) from None
         except AwsRefused as error:
             # The policy granted a role AWS will not hand over (trust policy, session
             # policy, tags): a refusal of this exchange, not an outage.
@@ -180,4 +182,4 @@ class StsIssuer:
                 expiration=credentials["Expiration"],
             )
         except KeyError:
-            raise TemporarilyUnavailable("AWS STS is unavailable", detail=f"sts {operation}: incomplete answer") from None
+            raise TemporarilyUnavailable("AWS STS is unavailable", cause="sts", detail=f"sts {operation}: incomplete answer") from None

@@ -229,7 +229,7 @@ def test_network_policy_admits_the_token_port_only(overlay) -> None:
     chit = container(one(objects, "Deployment"), "chit")
     assert [port for rule in policy["ingress"] for port in rule["ports"]] == [{"protocol": "TCP", "port": chit["ports"][0]["containerPort"]}]
     egress_ports = {(p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"]}
-    assert {("UDP", 53), ("TCP", 53), ("TCP", 6379), ("TCP", 443)} <= egress_ports
+    assert {("UDP", 53), ("TCP", 53), ("TCP", 6379), ("TCP", 26379), ("TCP", 443)} <= egress_ports
 
 
 def test_service_routes_to_the_token_port(overlay) -> None:

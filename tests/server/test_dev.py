@@ -49,6 +49,9 @@ def test_dev_server_exchanges_a_dev_token(tmp_path: Path) -> None:
         server.terminate()
         _, stderr = server.communicate(timeout=30)
     assert f"listening on http://127.0.0.1:{port}" in stderr
+    # A person reads a --dev server's log: text lines, not the JSON lines of production.
+    assert not any(line.startswith("{") for line in stderr.splitlines())
+    assert "INFO chit.serve: chit dev mode: listening on" in stderr
     assert "chit dev token --namespace demo --service-account agent" in stderr
     assert "curl -s" in stderr
 

@@ -126,6 +126,8 @@ def test_redis_killed_mid_run_is_503_never_a_token_and_service_resumes(
     assert_issued(iid_exchange(chit, aws_regions))
     assert chit.is_active(token, introspector)
     assert metric(fresh_connection(chit, "/metrics").text, "chit_state_store_errors_total") >= 1
+    # The 503s name their cause: the state store (an AWS binding check counts as attestation).
+    assert metric(fresh_connection(chit, "/metrics").text, "chit_exchange_unavailable_total", cause="state") >= 6
 
 
 def test_redis_that_stops_answering_is_503_within_the_timeout(chit: ChitServer, redis: RedisServer, aws_regions: AwsRegions) -> None:

@@ -6,6 +6,7 @@ operator opted in."""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import ssl
 import subprocess
@@ -218,7 +219,9 @@ def test_a_broken_renewal_keeps_the_certificate_in_service_and_is_logged(tmp_pat
         server.tls_volume.write_certificate(renewed, key_pem=stranger.key_pem)  # the key of another certificate
         wait_until(lambda: "does not load" in server.log(), RELOAD_BOUND, f"the failed reload in the log:\n{server.log()}")
         line = next(line for line in server.log().splitlines() if "does not load" in line)
-        assert " ERROR chit.tls: " in line and "listen.tls.key_file" in line and str(tmp_path / "tls" / "tls.key") in line
+        entry = json.loads(line)  # production logs: JSON lines (docs/operators/logs.md)
+        assert entry["level"] == "ERROR" and entry["logger"] == "chit.tls"
+        assert "listen.tls.key_file" in entry["message"] and str(tmp_path / "tls" / "tls.key") in entry["message"]
         for _ in range(5):
             assert peer_certificate_serial(server.port, context) == server.certificate.serial
         assert server.client.get("/readyz").status_code == 200

@@ -17,6 +17,7 @@ read, and in total), never retried.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +114,7 @@ class ClusterApi:
         self.timeout = cluster.api.timeout_ms / 1000
         self._client = client.ApiClient(api_configuration(cluster))
         self._authentication = client.AuthenticationV1Api(self._client)
+        self._authorization = client.AuthorizationV1Api(self._client)
         self._core = client.CoreV1Api(self._client)
         self._threads = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix=f"k8s-{cluster.name}")
 
@@ -122,7 +124,10 @@ class ClusterApi:
         A 404 is `not_found` (InvalidEvidence) when given; every other failure is EvidenceUnavailable.
         """
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._threads, lambda: call(*args, _request_timeout=(self.timeout, self.timeout)))
+        # The pool's threads run in a copy of this context (as asyncio.to_thread does): the
+        # exchange's decision_id and trace follow the call into the client's thread.
+        context = contextvars.copy_context()
+        future = loop.run_in_executor(self._threads, context.run, lambda: call(*args, _request_timeout=(self.timeout, self.timeout)))
         try:
             async with asyncio.timeout(self.timeout):
                 return await future
@@ -188,6 +193,14 @@ class ClusterApi:
             else:
                 images.append(ContainerImage(container.image or "", None))
         return tuple(images)
+
+    async def allowed(self, verb: str, resource: str, group: str = "") -> bool:
+        """May chit's own credential `verb` `resource` in every namespace? A
+        SelfSubjectAccessReview, which every authenticated user may create (`chit doctor`)."""
+        attributes = client.V1ResourceAttributes(verb=verb, resource=resource, group=group)
+        body = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes))
+        review = await self._call("SelfSubjectAccessReview", self._authorization.create_self_subject_access_review, body)
+        return review.status is not None and review.status.allowed is True
 
     async def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
