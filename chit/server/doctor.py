@@ -274,27 +274,71 @@ async def policy(config: Config) -> list[Finding]:
         await engine.close()
 
 
+async def _keys(check: str, source: Any, where: str) -> Finding:
+    """A key source refreshed as chit refreshes it (KeySource.refresh), then closed."""
+    from chit.attestors.base import EvidenceUnavailable
+
+    try:
+        count = await source.refresh()
+        if count:
+            return ok(check, f"{where}: {count} usable key(s)")
+        return fail(check, f"{where}: no usable key (every entry was skipped; see the log)")
+    except EvidenceUnavailable as error:
+        return fail(check, f"{where}: {error}")
+    finally:
+        await source.close()
+
+
 async def clusters(config: Config) -> list[Finding]:
     """Each cluster's keys as chit fetches them; its API server, with the permissions its checks need."""
-    from chit.attestors.base import EvidenceUnavailable
     from chit.attestors.kubernetes.verifier import key_source
 
     findings = []
     for cluster in config.attestors.kubernetes.clusters:
-        source = key_source(cluster)
         where = cluster.jwks_uri or (f"{cluster.issuer} (discovery)" if cluster.discovery else str(cluster.jwks_file))
-        try:
-            count = await source.refresh()
-            if count:
-                findings.append(ok(f"cluster {cluster.name} keys", f"{where}: {count} usable key(s)"))
-            else:
-                findings.append(fail(f"cluster {cluster.name} keys", f"{where}: no usable key (every entry was skipped; see the log)"))
-        except EvidenceUnavailable as error:
-            findings.append(fail(f"cluster {cluster.name} keys", f"{where}: {error}"))
-        finally:
-            await source.close()
+        findings.append(await _keys(f"cluster {cluster.name} keys", key_source(cluster), where))
         if cluster.token_review or cluster.pod_lookup:
             findings += await _cluster_api(cluster)
+    return findings
+
+
+async def oidc_issuers(config: Config) -> list[Finding]:
+    """Each OIDC issuer's keys as chit fetches them (its JWKS, discovery or file)."""
+    from chit.attestors.oidc.verifier import IssuerTrust
+
+    findings = []
+    for issuer in config.attestors.oidc.issuers:
+        where = issuer.jwks_uri or (f"{issuer.issuer_url} (discovery)" if issuer.uses_discovery else str(issuer.jwks_file))
+        findings.append(await _keys(f"oidc issuer {issuer.name} keys", IssuerTrust(issuer).keys, where))
+    return findings
+
+
+async def aws_iam(config: Config) -> list[Finding]:
+    """Each STS endpoint aws-iam requests may name answers chit's client: an unsigned
+    GetCallerIdentity, which STS refuses (the refusal is its answer); no answer fails."""
+    settings = config.attestors.aws_iam
+    if not settings.enabled:
+        return []
+    from chit.attestors.aws_iam import GET_CALLER_IDENTITY
+    from chit.attestors.aws_iam.caller import get_caller_identity, sts_client
+    from chit.attestors.aws_iam.request import CheckedRequest
+    from chit.attestors.base import EvidenceUnavailable, InvalidEvidence
+
+    timeout = settings.timeout_ms / 1000
+    client = sts_client(timeout)
+    findings = []
+    try:
+        for endpoint in settings.sts_endpoints:
+            unsigned = CheckedRequest(endpoint, {"Content-Type": "application/x-www-form-urlencoded"}, GET_CALLER_IDENTITY, "", 0.0)
+            try:
+                await get_caller_identity(client, unsigned, timeout)
+                findings.append(ok("aws_iam sts", f"{endpoint} answers (an unsigned request accepted: not AWS's STS, which checks signatures)"))
+            except InvalidEvidence as refused:
+                findings.append(ok("aws_iam sts", f"{endpoint} answers ({str(refused).removeprefix('STS refused the signed request: ')} to an unsigned request)"))
+            except EvidenceUnavailable as error:
+                findings.append(fail("aws_iam sts", str(error)))
+    finally:
+        await client.aclose()
     return findings
 
 
@@ -397,6 +441,6 @@ async def examine(config: Config, now: float | None = None) -> list[Finding]:
     """Every check, the network ones concurrently; findings in a fixed order."""
     now = time.time() if now is None else now
     local = [*placeholders(config), *tls(config, now), *signing_keys(config, now), *audit_sink(config)]
-    remote: list[Callable[[Config], Awaitable[list[Finding]]]] = [state, policy, clusters, aws, google]
+    remote: list[Callable[[Config], Awaitable[list[Finding]]]] = [state, policy, clusters, oidc_issuers, aws, aws_iam, google]
     results = await asyncio.gather(*(check(config) for check in remote))
     return local + [finding for findings in results for finding in findings]
