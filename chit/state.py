@@ -1,5 +1,5 @@
 """Shared state behind one small interface: instance nonce bindings, single-use
-token hashes, revocations and rate-limit buckets.
+token hashes, revocations, rate-limit buckets and the gateway's budgets.
 
 Every value written on behalf of a request has a TTL, so nothing grows without
 bound; `ttl=None` (kept until deleted) is only for what an operator writes
@@ -80,6 +80,11 @@ class StateStore(ABC):
         of `per_minute`. Returns 0.0 when taken, else the seconds until one is available."""
 
     @abstractmethod
+    async def increment(self, key: str, amount: int, ttl: float) -> int:
+        """Add `amount` to the counter at `key` (absent: 0) and return its new value; a new
+        counter lives `ttl` seconds, and adding to it does not extend that."""
+
+    @abstractmethod
     async def ping(self) -> bool: ...
 
     async def close(self) -> None:
@@ -158,6 +163,15 @@ class MemoryStore(StateStore):
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / rate
 
+    async def increment(self, key: str, amount: int, ttl: float) -> int:
+        now = time.time()
+        self._tick(now)
+        current = self._live(key, now)
+        expiry = self._values[key][1] if current is not None else _expiry(now, ttl)
+        value = (0 if current is None else int(current)) + amount
+        self._values[key] = (str(value), expiry)
+        return value
+
     async def ping(self) -> bool:
         return True
 
@@ -200,6 +214,13 @@ redis.call('PEXPIRE', KEYS[1], 60000)
 return tostring(wait)
 """
 
+    # KEYS[1]; ARGV: amount, TTL in ms. A new counter gets the TTL; an existing one keeps its own.
+    _INCREMENT = """
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return value
+"""
+
     def __init__(self, url: str, timeout: float):
         from redis.asyncio import BlockingConnectionPool, Redis
         from redis.asyncio.retry import Retry
@@ -218,6 +239,7 @@ return tostring(wait)
         self._redis = Redis(connection_pool=self._pool)
         self._replace = self._redis.register_script(self._REPLACE)
         self._take = self._redis.register_script(self._TAKE)
+        self._increment = self._redis.register_script(self._INCREMENT)
         self._failing = False
 
     async def _call(self, operation: str, awaitable):  # type: ignore[no-untyped-def]
@@ -259,6 +281,10 @@ return tostring(wait)
 
     async def take(self, key: str, per_minute: int, now: float) -> float:
         return float(await self._call("take", self._take(keys=[self.PREFIX + key], args=[per_minute, repr(now)])))
+
+    async def increment(self, key: str, amount: int, ttl: float) -> int:
+        result = self._increment(keys=[self.PREFIX + key], args=[amount, self._px(ttl)])
+        return int(await self._call("increment", result))
 
     async def ping(self) -> bool:
         return bool(await self._call("ping", self._redis.ping()))

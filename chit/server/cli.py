@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable, NoReturn, Sequence
@@ -16,7 +14,7 @@ from chit.server.config import CONFIG_ENV, RESOLVED_CONFIG_ENV, Config, ConfigEr
 
 if TYPE_CHECKING:
     from chit.state import StateStore
-    from chit.server.tls import ReloadingCertificate
+    from chit.serving.tls import ReloadingCertificate
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -79,18 +77,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
             + "; ".join(shared_state_users(config))
             + ". Use state.backend: redis (state.redis_url), or --workers 1."
         )
-    if args.workers <= 1:
+    from chit.serving.run import metrics_across_workers
+
+    with metrics_across_workers(args.workers):
         start_server(config, args)
-        return
-    # Every worker of this run writes its metrics here, so that a scrape (which reaches
-    # one worker) sees all of them; set before anything imports prometheus-client
-    # (server.metrics), which reads it at import. One worker keeps its own registry.
-    metrics_dir = tempfile.mkdtemp(prefix="chit-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    try:
-        start_server(config, args)
-    finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def start_server(config: Config, args: argparse.Namespace) -> None:
@@ -98,7 +88,8 @@ def start_server(config: Config, args: argparse.Namespace) -> None:
     from chit.server.errors import OAuthError
     from chit.server.keys import SigningKeyError
     from chit.policy.bundle import PolicyLoadError
-    from chit.server.tls import CertificateError, ReloadingCertificate
+    from chit.serving.run import run_uvicorn
+    from chit.serving.tls import CertificateError, ReloadingCertificate
 
     tls = config.listen.tls
     try:
@@ -129,55 +120,6 @@ def start_server(config: Config, args: argparse.Namespace) -> None:
             flush=True,
         )
     run_uvicorn("chit.server.app:app_from_environment", config.listen.host, config.listen.port, args.workers, certificate)
-
-
-def run_uvicorn(factory: str, host: str, port: int, workers: int, certificate: ReloadingCertificate | None = None) -> None:
-    """Serve an app factory with chit's HTTP settings (also used by the benchmarks' floors);
-    over HTTPS with `certificate` (each worker process loads its own from the same files)."""
-    from chit.server.http import MAX_CONNECTIONS_PER_WORKER, LimitedHttpToolsProtocol
-    from chit.server.workers import Supervisor, serve
-
-    settings = dict(
-        app=factory,
-        factory=True,
-        host=host,
-        port=port,
-        http=LimitedHttpToolsProtocol,
-        loop="uvloop" if _has_uvloop() else "asyncio",
-        lifespan="on",
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=30,
-        limit_concurrency=MAX_CONNECTIONS_PER_WORKER,
-        log_config=_log_config(),
-    )
-    if workers <= 1:
-        serve(settings, certificate=certificate)
-        return
-    raise SystemExit(Supervisor(settings, host, port, workers, None if certificate is None else certificate.files).run())
-
-
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _log_config() -> dict:
-    """Operational logs go to stderr; stdout is reserved for the audit log."""
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
-        "loggers": {
-            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-            "chit": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-        },
-    }
 
 
 # --- chit dev token ---------------------------------------------------------------
@@ -396,7 +338,7 @@ def cmd_aws_forget_instance(args: argparse.Namespace) -> None:
 
 def cmd_revoke(args: argparse.Namespace) -> None:
     """The operator's kill switch: revoke a subject's tokens and refuse its exchanges, or lift it."""
-    from chit.server.revocation import Revocations
+    from chit.revocation import Revocations
 
     config = config_from_args(args)
     prefix = f"spiffe://{config.trust_domain}/"

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from chit.server.config import MAX_TOKEN_TTL
+from chit.protocol import MAX_TOKEN_TTL
 from chit.state import StateStore, StateUnavailable
 
 JTI_PREFIX = "revoked:jti:"
