@@ -25,6 +25,7 @@ SERVER_COMMANDS = {
     "config": "configuration: check",
     "revoke": "revoke every token of a workload and refuse its exchanges (--lift to undo)",
     "aws": "AWS instance identity: forget-instance",
+    "gateway": "run the credential-injection gateway (its own process and configuration)",
 }
 INSTALL_SERVER = "pip install 'chit[server]'"
 
@@ -40,6 +41,12 @@ def _server_missing(command: str, module: str) -> NoReturn:
 
 def _run_server_command(command: str, argv: list[str]) -> None:
     try:
+        if command == "gateway":
+            # The gateway is not the token server: its command never imports the server's code.
+            from chit.gateway import cli as gateway_cli
+
+            gateway_cli.main(argv)
+            return
         from chit.server import cli as server_cli
 
         server_cli.main(argv)
