@@ -48,13 +48,6 @@ class Budgets:
         """Count this request against the route's budgets for `subject`, or refuse it."""
         budgets = route.budgets
         try:
-            if budgets.requests_per_minute:
-                wait = await self.state.take(f"gateway:rpm:{route.name}:{_subject_key(subject)}", budgets.requests_per_minute, now)
-                if wait > 0:
-                    raise OverBudget(
-                        f"over the budget of {budgets.requests_per_minute} requests per minute on route {route.name}",
-                        headers={"Retry-After": str(max(1, math.ceil(wait)))},
-                    )
             if budgets.tokens_per_day:
                 used = int(await self.state.get(self._tokens_key(route, subject, now)) or 0)
                 if used >= budgets.tokens_per_day:
@@ -62,6 +55,14 @@ class Budgets:
                         f"over the budget of {budgets.tokens_per_day} tokens per day on route {route.name}",
                         detail=f"{used} tokens used today (UTC) of {budgets.tokens_per_day}",
                         headers={"Retry-After": str(max(1, math.ceil((_day(now) + 1) * DAY - now)))},
+                    )
+            # Last: a request refused for its tokens does not spend one of the minute's requests.
+            if budgets.requests_per_minute:
+                wait = await self.state.take(f"gateway:rpm:{route.name}:{_subject_key(subject)}", budgets.requests_per_minute, now)
+                if wait > 0:
+                    raise OverBudget(
+                        f"over the budget of {budgets.requests_per_minute} requests per minute on route {route.name}",
+                        headers={"Retry-After": str(max(1, math.ceil(wait)))},
                     )
         except StateUnavailable as error:
             raise TemporarilyUnavailable("the budget cannot be checked right now", detail=f"budgets: {error}") from None

@@ -23,7 +23,7 @@ AGENTS = {
     "reader": {"scope": ["docs:read"], "audience": [GATEWAY_AUDIENCE]},
     "elsewhere": {"scope": LLM_SCOPES, "audience": ["https://other.internal"]},
     **{name: {"scope": LLM_SCOPES, "audience": [GATEWAY_AUDIENCE]}
-       for name in ("budgeted", "spender", "revokee", "revoked-token", "replicated", "leaker", "streamer", "rotator")},
+       for name in ("budgeted", "spender", "thrifty", "revokee", "revoked-token", "replicated", "leaker", "streamer", "rotator")},
 }
 
 
@@ -94,3 +94,13 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, token_server: ChitServer, 
 def sse_data(text: str) -> list[dict]:
     """The JSON objects of an SSE body's data lines."""
     return [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:") and line[5:].strip() != "[DONE]"]
+
+
+@pytest.fixture(scope="package")
+def replica(tmp_path_factory: pytest.TempPathFactory, token_server: ChitServer, upstream: UpstreamStandIn,
+            gateway_redis: RedisServer) -> Iterator[GatewayServer]:
+    """A second gateway process with the same configuration and Redis: another replica."""
+    server = GatewayServer(tmp_path_factory.mktemp("gateway-replica"), token_server.url, gateway_routes(upstream),
+                           state={"backend": "redis", "redis_url": gateway_redis.url}).start()
+    yield server
+    server.stop()
