@@ -52,6 +52,9 @@ log = logging.getLogger("chit.gateway")
 
 DECISION_HEADER = "x-chit-decision-id"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Answers up to this size with a Content-Length (JSON completions) are read whole and
+# sent in one piece; streams and longer answers pass through as they arrive.
+MAX_WHOLE_ANSWER = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -153,10 +156,13 @@ class Gateway:
         except GatewayError as error:
             return self.refuse(call, error)
         call.upstream_status = answer.status_code
-        response = StreamingResponse(self.relay(call, route, token.subject, answer, key), status_code=answer.status_code)
-        response.raw_headers = [
-            (name.encode("latin-1"), value.encode("latin-1")) for name, value in client_headers(answer.headers.multi_items(), key)
-        ] + [(DECISION_HEADER.encode(), call.decision_id.encode())]
+        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in client_headers(answer.headers.multi_items(), key)]
+        headers.append((DECISION_HEADER.encode(), call.decision_id.encode()))
+        if is_small_answer(answer):
+            response: Response = await self.answer_whole(call, route, token.subject, answer, key)
+        else:
+            response = StreamingResponse(self.relay(call, route, token.subject, answer, key), status_code=answer.status_code)
+        response.raw_headers = headers + [h for h in response.raw_headers if h[0] == b"content-length"]
         return response
 
     # --- the checks, in order -------------------------------------------------------
@@ -215,16 +221,33 @@ class Gateway:
 
     # --- the answer -------------------------------------------------------------------
 
+    async def answer_whole(self, call: Call, route: Route, subject: str, answer: httpx.Response, key: str) -> Response:
+        """A small answer that is not a stream (a JSON completion): read whole, then sent
+        with its length, in one piece."""
+        outcome = "forwarded"
+        try:
+            body = await answer.aread()
+        except httpx.HTTPError as error:
+            body, outcome = b"", "upstream_error"
+            call.reasons.append(f"the upstream's answer broke off: {type(error).__name__}")
+        finally:
+            await answer.aclose()
+        usage = usage_reader(route, answer)
+        if usage is not None:
+            usage.feed(body)
+        redactor = Redactor(key)
+        body = redactor.feed(body) + redactor.flush()
+        await self.finish(call, route, subject, usage, outcome)
+        return Response(body, status_code=answer.status_code)
+
     async def relay(self, call: Call, route: Route, subject: str, answer: httpx.Response, key: str) -> AsyncIterator[bytes]:
         """The upstream's body as it arrives, redacted; then the charge and the audit line."""
-        meter = UsageMeter(route.provider or "")
-        content_type = answer.headers.get("content-type", "")
-        usage = SseUsage(meter) if content_type.startswith("text/event-stream") else JsonUsage(meter) if "json" in content_type else None
+        usage = usage_reader(route, answer)
         redactor = Redactor(key)
         outcome = "forwarded"
         try:
             async for chunk in answer.aiter_bytes():
-                if route.provider is not None and usage is not None:
+                if usage is not None:
                     usage.feed(chunk)
                 sendable = redactor.feed(chunk)
                 if sendable:
@@ -239,15 +262,19 @@ class Gateway:
             # The client may have gone (the task is cancelled): the charge and the audit still happen.
             with anyio.CancelScope(shield=True):
                 await answer.aclose()
-                if route.provider is not None and usage is not None:
-                    usage.end()
-                    call.tokens = meter.tokens
-                note = await self.budgets.charge(route, subject, call.tokens, self.clock())
-                if note:
-                    call.reasons.append(note)
-                if call.tokens:
-                    metrics.GATEWAY_TOKENS.labels(route.name).inc(call.tokens)
-                self.write_audit(call, outcome, None)
+                await self.finish(call, route, subject, usage, outcome)
+
+    async def finish(self, call: Call, route: Route, subject: str, usage: JsonUsage | SseUsage | None, outcome: str) -> None:
+        """Once the answer has ended: its usage charged, counted and audited."""
+        if usage is not None:
+            usage.end()
+            call.tokens = usage.meter.tokens
+        note = await self.budgets.charge(route, subject, call.tokens, self.clock())
+        if note:
+            call.reasons.append(note)
+        if call.tokens:
+            metrics.GATEWAY_TOKENS.labels(route.name).inc(call.tokens)
+        self.write_audit(call, outcome, None)
 
     def refuse(self, call: Call, error: GatewayError) -> Response:
         if error.detail != error.description:
@@ -262,6 +289,23 @@ class Gateway:
         route = call.route or "none"
         metrics.GATEWAY_REQUESTS.labels(route, outcome).inc()
         metrics.GATEWAY_SECONDS.labels(route).observe(record["latency_ms"] / 1000)
+
+
+def is_small_answer(answer: httpx.Response) -> bool:
+    """An answer with a length, of at most MAX_WHOLE_ANSWER bytes, and not a stream."""
+    length = answer.headers.get("content-length", "")
+    return (length.isdigit() and int(length) <= MAX_WHOLE_ANSWER
+            and not answer.headers.get("content-type", "").startswith("text/event-stream"))
+
+
+def usage_reader(route: Route, answer: httpx.Response) -> JsonUsage | SseUsage | None:
+    """What reads the usage of an LLM route's answer: its events, or its JSON body."""
+    if route.provider is None:
+        return None
+    content_type = answer.headers.get("content-type", "")
+    if content_type.startswith("text/event-stream"):
+        return SseUsage(UsageMeter(route.provider))
+    return JsonUsage(UsageMeter(route.provider)) if "json" in content_type else None
 
 
 def with_usage_reported(route: Route, upstream: UpstreamRequest, document: dict[str, Any] | None, body: bytes) -> bytes:
