@@ -90,15 +90,21 @@ class Revocations:
 
     async def token_revoked(self, claims: dict[str, Any]) -> bool:
         """A verified chit token's jti, its subject or its actor (RFC 8693 `act`) is revoked
-        (for introspection): a revoked workload's delegated tokens die with it."""
+        (for introspection and the gateway): a revoked workload's delegated tokens die with it."""
+        if await self.subject_revokes(claims):
+            return True
+        jti = claims.get("jti")
+        return isinstance(jti, str) and await self.state.get(JTI_PREFIX + jti) is not None
+
+    async def subject_revokes(self, claims: dict[str, Any]) -> bool:
+        """The token's subject, or an actor of its chain, is revoked as of its `iat`."""
         revoked = await self.subjects()
         for party in _parties(claims):
             sub = party.get("sub")
             entry = revoked.get(sub) if isinstance(sub, str) else None
             if entry is not None and entry.revokes_token_issued_at(claims.get("iat", 0)):
                 return True
-        jti = claims.get("jti")
-        return isinstance(jti, str) and await self.state.get(JTI_PREFIX + jti) is not None
+        return False
 
     # --- whole subjects: the operator's kill switch -----------------------------------
 

@@ -28,7 +28,7 @@ from chit.gateway.config import RESOLVED_CONFIG_ENV, GatewayConfig
 from chit.gateway.proxy import Gateway, upstream_client
 from chit.gateway.tokens import AccessTokenVerifier
 from chit.gateway.upstream_keys import FileKey, KeyUnavailable, SecretsManagerKey, UpstreamKey
-from chit.revocation import Revocations
+from chit.gateway.revocations import TokenRevocations
 from chit.state import StateUnavailable, build_state_store
 
 log = logging.getLogger("chit.gateway")
@@ -55,7 +55,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     return Gateway(
         config,
         AccessTokenVerifier(config.chit.issuer, config.audience, chit_keys),
-        Revocations(state),
+        TokenRevocations(state),
         Budgets(state),
         keys,
         {route.name: upstream_client(route) for route in config.routes},

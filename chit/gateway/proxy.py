@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator
 
 import anyio
 import httpx
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -45,7 +46,7 @@ from chit.gateway.routes import RouteTable, UpstreamRequest, requested_model
 from chit.gateway.tokens import AccessToken, AccessTokenVerifier, presented_token
 from chit.gateway.upstream_keys import KeyUnavailable, UpstreamKey
 from chit.gateway.usage import JsonUsage, SseUsage, UsageMeter
-from chit.revocation import Revocations
+from chit.gateway.revocations import TokenRevocations
 from chit.state import StateUnavailable
 
 log = logging.getLogger("chit.gateway")
@@ -117,7 +118,7 @@ class Gateway:
         self,
         config: GatewayConfig,
         verifier: AccessTokenVerifier,
-        revocations: Revocations,
+        revocations: TokenRevocations,
         budgets: Budgets,
         keys: dict[str, UpstreamKey],
         clients: dict[str, httpx.AsyncClient],
@@ -174,7 +175,7 @@ class Gateway:
         if route.scope not in token.scope:
             raise InsufficientScope(f"route {route.name} needs scope {route.scope}", route.scope)
         try:
-            revoked = await self.revocations.token_revoked(dict(token.claims))
+            revoked = await self.revocations.token_revoked(token.claims, call.now)
         except StateUnavailable as error:
             raise TemporarilyUnavailable("cannot check revocations right now", detail=f"revocations: {error}") from None
         if revoked:
@@ -237,8 +238,8 @@ class Gateway:
             usage.feed(body)
         redactor = Redactor(key)
         body = redactor.feed(body) + redactor.flush()
-        await self.finish(call, route, subject, usage, outcome)
-        return Response(body, status_code=answer.status_code)
+        # Charged and audited once the answer has been sent: the client does not wait for it.
+        return Response(body, status_code=answer.status_code, background=BackgroundTask(self.finish, call, route, subject, usage, outcome))
 
     async def relay(self, call: Call, route: Route, subject: str, answer: httpx.Response, key: str) -> AsyncIterator[bytes]:
         """The upstream's body as it arrives, redacted; then the charge and the audit line."""

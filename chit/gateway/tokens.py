@@ -41,14 +41,37 @@ class AccessToken:
 
 
 class AccessTokenVerifier:
+    """Verifies tokens, and remembers the ones that verified: an agent sends the same token
+    for its whole life (up to 15 minutes), so its signature is checked once per process.
+    A remembered token is still checked for expiry at every use; the memory holds at most
+    CACHE_SIZE tokens (the oldest go first)."""
+
+    CACHE_SIZE = 10_000
+
     def __init__(self, issuer: str, audience: str, keys: KeySource):
         self.issuer = issuer
         self.audience = audience
         self.keys = keys
+        self._verified: dict[str, AccessToken] = {}
 
     async def verify(self, token: str, now: float) -> AccessToken:
         """The token's verified facts; InvalidToken (401) or TemporarilyUnavailable (503,
         chit's keys cannot be had). Descriptions say what failed, never the token."""
+        known = self._verified.get(token)
+        if known is not None:
+            try:
+                check_validity_window(known.claims, now, MAX_TOKEN_TTL, require_nbf=False)
+            except InvalidEvidence as error:
+                del self._verified[token]
+                raise InvalidToken(f"the access token is not valid: {error}") from None
+            return known
+        verified = await self._verify(token, now)
+        if len(self._verified) >= self.CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = verified
+        return verified
+
+    async def _verify(self, token: str, now: float) -> AccessToken:
         try:
             jws = parse_compact_jws(token, ACCESS_TOKEN_TYPES)
             if not isinstance(jws.header.get("typ"), str):
