@@ -80,6 +80,14 @@ class StateStore(ABC):
         of `per_minute`. Returns 0.0 when taken, else the seconds until one is available."""
 
     @abstractmethod
+    async def take_unless_spent(self, bucket: str, per_minute: int, counter: str, limit: int, now: float) -> tuple[float, int]:
+        """A budget check in one step (one round trip): read the counter at `counter`
+        (absent: 0); if it is under `limit` (or `limit` is 0), take one token from the
+        bucket as `take` does (none with `per_minute` 0). Returns the seconds until the
+        bucket has a token (0.0: taken, or no bucket) and the counter's value; a counter
+        at its limit takes nothing."""
+
+    @abstractmethod
     async def increment(self, key: str, amount: int, ttl: float) -> int:
         """Add `amount` to the counter at `key` (absent: 0) and return its new value; a new
         counter lives `ttl` seconds, and adding to it does not extend that."""
@@ -163,6 +171,12 @@ class MemoryStore(StateStore):
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / rate
 
+    async def take_unless_spent(self, bucket: str, per_minute: int, counter: str, limit: int, now: float) -> tuple[float, int]:
+        used = int(self._live(counter, time.time()) or 0) if limit else 0
+        if (limit and used >= limit) or not per_minute:
+            return 0.0, used
+        return await self.take(bucket, per_minute, now), used
+
     async def increment(self, key: str, amount: int, ttl: float) -> int:
         now = time.time()
         self._tick(now)
@@ -199,9 +213,7 @@ return 1
     # KEYS[1]: a hash {tokens, updated}; ARGV: per minute, now (s). Returns "0" when a
     # token was taken, else the seconds until one is available (a string: Lua numbers
     # would come back as integers). A bucket idle for a minute is full: it expires then.
-    _TAKE = """
-local burst = tonumber(ARGV[1])
-local now = tonumber(ARGV[2])
+    _TAKE_FROM_BUCKET = """
 local rate = burst / 60.0
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
 local tokens = tonumber(state[1]) or burst
@@ -211,8 +223,18 @@ local wait = 0
 if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(math.max(now, updated)))
 redis.call('PEXPIRE', KEYS[1], 60000)
-return tostring(wait)
 """
+    _TAKE = "local burst = tonumber(ARGV[1])\nlocal now = tonumber(ARGV[2])\n" + _TAKE_FROM_BUCKET + "return tostring(wait)\n"
+    # KEYS: bucket, counter; ARGV: per minute (0: no bucket), the counter's limit (0: none), now (s).
+    # Returns {wait, the counter's value}, as strings.
+    _TAKE_UNLESS_SPENT = """
+local burst = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local used = 0
+if limit > 0 then used = tonumber(redis.call('GET', KEYS[2]) or '0') or 0 end
+if (limit > 0 and used >= limit) or burst == 0 then return {'0', tostring(used)} end
+""" + _TAKE_FROM_BUCKET + "return {tostring(wait), tostring(used)}\n"
 
     # KEYS[1]; ARGV: amount, TTL in ms. A new counter gets the TTL; an existing one keeps its own.
     _INCREMENT = """
@@ -240,6 +262,7 @@ return value
         self._replace = self._redis.register_script(self._REPLACE)
         self._take = self._redis.register_script(self._TAKE)
         self._increment = self._redis.register_script(self._INCREMENT)
+        self._take_unless_spent = self._redis.register_script(self._TAKE_UNLESS_SPENT)
         self._failing = False
 
     async def _call(self, operation: str, awaitable):  # type: ignore[no-untyped-def]
@@ -281,6 +304,11 @@ return value
 
     async def take(self, key: str, per_minute: int, now: float) -> float:
         return float(await self._call("take", self._take(keys=[self.PREFIX + key], args=[per_minute, repr(now)])))
+
+    async def take_unless_spent(self, bucket: str, per_minute: int, counter: str, limit: int, now: float) -> tuple[float, int]:
+        result = self._take_unless_spent(keys=[self.PREFIX + bucket, self.PREFIX + counter], args=[per_minute, limit, repr(now)])
+        wait, used = await self._call("take_unless_spent", result)
+        return float(wait), int(used)
 
     async def increment(self, key: str, amount: int, ttl: float) -> int:
         result = self._increment(keys=[self.PREFIX + key], args=[amount, self._px(ttl)])

@@ -25,7 +25,8 @@ from chit.audit import AuditLog
 from chit.aws import AwsClients
 from chit.gateway.budgets import Budgets
 from chit.gateway.config import RESOLVED_CONFIG_ENV, GatewayConfig
-from chit.gateway.proxy import Gateway, upstream_client
+from chit.gateway.proxy import Gateway
+from chit.gateway.upstream import Upstreams
 from chit.gateway.tokens import AccessTokenVerifier
 from chit.gateway.upstream_keys import FileKey, KeyUnavailable, SecretsManagerKey, UpstreamKey
 from chit.gateway.revocations import TokenRevocations
@@ -58,7 +59,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
         TokenRevocations(state),
         Budgets(state),
         keys,
-        {route.name: upstream_client(route) for route in config.routes},
+        Upstreams(config.routes),
         AuditLog(config.audit.sink),
     )
 
@@ -105,8 +106,7 @@ def create_app(config: GatewayConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
-        for client in gateway.clients.values():
-            await client.aclose()
+        await gateway.upstreams.close()
         await gateway.verifier.keys.close()
         await gateway.budgets.state.close()
         gateway.audit.close()

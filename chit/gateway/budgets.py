@@ -45,29 +45,32 @@ class Budgets:
         return f"gateway:tokens:{route.name}:{_subject_key(subject)}:{_day(now)}"
 
     async def admit(self, route: Route, subject: str, now: float) -> None:
-        """Count this request against the route's budgets for `subject`, or refuse it."""
+        """Count this request against the route's budgets for `subject`, or refuse it: the
+        day's tokens first (a request refused for them does not spend one of the minute's
+        requests), in one round trip to the state store."""
         budgets = route.budgets
+        if not budgets.requests_per_minute and not budgets.tokens_per_day:
+            return
         try:
-            if budgets.tokens_per_day:
-                used = int(await self.state.get(self._tokens_key(route, subject, now)) or 0)
-                if used >= budgets.tokens_per_day:
-                    raise OverBudget(
-                        f"over the budget of {budgets.tokens_per_day} tokens per day on route {route.name}",
-                        detail=f"{used} tokens used today (UTC) of {budgets.tokens_per_day}",
-                        headers={"Retry-After": str(max(1, math.ceil((_day(now) + 1) * DAY - now)))},
-                    )
-            # Last: a request refused for its tokens does not spend one of the minute's requests.
-            if budgets.requests_per_minute:
-                wait = await self.state.take(f"gateway:rpm:{route.name}:{_subject_key(subject)}", budgets.requests_per_minute, now)
-                if wait > 0:
-                    raise OverBudget(
-                        f"over the budget of {budgets.requests_per_minute} requests per minute on route {route.name}",
-                        headers={"Retry-After": str(max(1, math.ceil(wait)))},
-                    )
+            wait, used = await self.state.take_unless_spent(
+                f"gateway:rpm:{route.name}:{_subject_key(subject)}", budgets.requests_per_minute,
+                self._tokens_key(route, subject, now), budgets.tokens_per_day, now,
+            )
         except StateUnavailable as error:
             raise TemporarilyUnavailable("the budget cannot be checked right now", detail=f"budgets: {error}") from None
         except ValueError:
             raise TemporarilyUnavailable("the budget cannot be checked right now", detail="budgets: a counter is unreadable") from None
+        if budgets.tokens_per_day and used >= budgets.tokens_per_day:
+            raise OverBudget(
+                f"over the budget of {budgets.tokens_per_day} tokens per day on route {route.name}",
+                detail=f"{used} tokens used today (UTC) of {budgets.tokens_per_day}",
+                headers={"Retry-After": str(max(1, math.ceil((_day(now) + 1) * DAY - now)))},
+            )
+        if wait > 0:
+            raise OverBudget(
+                f"over the budget of {budgets.requests_per_minute} requests per minute on route {route.name}",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
 
     async def charge(self, route: Route, subject: str, tokens: int | None, now: float) -> str | None:
         """Add what a finished response used to the day's count; the reason it was not

@@ -12,15 +12,15 @@ token.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import anyio
-import httpx
+import aiohttp
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -31,9 +31,7 @@ from chit.bounded import BodyTooLarge, read_bounded
 from chit.gateway.budgets import Budgets
 from chit.gateway.config import GatewayConfig, Route
 from chit.gateway.errors import (
-    BadGateway,
     GatewayError,
-    GatewayTimeout,
     InvalidRequest,
     InsufficientScope,
     InvalidToken,
@@ -44,6 +42,7 @@ from chit.gateway.forwarding import client_headers, upstream_headers
 from chit.gateway.redaction import Redactor
 from chit.gateway.routes import RouteTable, UpstreamRequest, requested_model
 from chit.gateway.tokens import AccessToken, AccessTokenVerifier, presented_token
+from chit.gateway.upstream import Upstreams
 from chit.gateway.upstream_keys import KeyUnavailable, UpstreamKey
 from chit.gateway.usage import JsonUsage, SseUsage, UsageMeter
 from chit.gateway.revocations import TokenRevocations
@@ -52,7 +51,6 @@ from chit.state import StateUnavailable
 log = logging.getLogger("chit.gateway")
 
 DECISION_HEADER = "x-chit-decision-id"
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # Answers up to this size with a Content-Length (JSON completions) are read whole and
 # sent in one piece; streams and longer answers pass through as they arrive.
 MAX_WHOLE_ANSWER = 1024 * 1024
@@ -97,22 +95,6 @@ class Call:
         }
 
 
-def upstream_client(route: Route) -> httpx.AsyncClient:
-    """The route's HTTP client: TLS verified (system CAs, and `ca_file`), no redirects
-    followed, no proxy from the environment, bounded connect and read times."""
-    context = ssl.create_default_context()
-    if route.ca_file is not None:
-        context.load_verify_locations(cafile=str(route.ca_file))
-    return httpx.AsyncClient(
-        verify=context,
-        follow_redirects=False,
-        trust_env=False,
-        timeout=httpx.Timeout(connect=route.connect_timeout_seconds, read=route.read_timeout_seconds, write=60.0, pool=10.0),
-        limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-        headers={"user-agent": "chit-gateway"},
-    )
-
-
 class Gateway:
     def __init__(
         self,
@@ -121,7 +103,7 @@ class Gateway:
         revocations: TokenRevocations,
         budgets: Budgets,
         keys: dict[str, UpstreamKey],
-        clients: dict[str, httpx.AsyncClient],
+        upstreams: Upstreams,
         audit: AuditLog,
     ):
         self.config = config
@@ -130,7 +112,7 @@ class Gateway:
         self.revocations = revocations
         self.budgets = budgets
         self.keys = keys
-        self.clients = clients
+        self.upstreams = upstreams
         self.audit = audit
         self.clock = time.time  # tests set their own
 
@@ -156,13 +138,13 @@ class Gateway:
             answer = await self.forward(upstream, request, body, key)
         except GatewayError as error:
             return self.refuse(call, error)
-        call.upstream_status = answer.status_code
-        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in client_headers(answer.headers.multi_items(), key)]
+        call.upstream_status = answer.status
+        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in client_headers(list(answer.headers.items()), key)]
         headers.append((DECISION_HEADER.encode(), call.decision_id.encode()))
         if is_small_answer(answer):
             response: Response = await self.answer_whole(call, route, token.subject, answer, key)
         else:
-            response = StreamingResponse(self.relay(call, route, token.subject, answer, key), status_code=answer.status_code)
+            response = StreamingResponse(self.relay(call, route, token.subject, answer, key), status_code=answer.status)
         response.raw_headers = headers + [h for h in response.raw_headers if h[0] == b"content-length"]
         return response
 
@@ -200,54 +182,37 @@ class Gateway:
         except KeyUnavailable as error:
             raise TemporarilyUnavailable("the upstream cannot be called right now", detail=f"upstream key: {error}") from None
 
-    async def forward(self, upstream: UpstreamRequest, request: Request, body: bytes, key: str) -> httpx.Response:
+    async def forward(self, upstream: UpstreamRequest, request: Request, body: bytes, key: str) -> aiohttp.ClientResponse:
         route = upstream.route
-        client = self.clients[route.name]
-        outgoing = client.build_request(
-            request.method, upstream.url, headers=upstream_headers(request.headers.items(), route, key), content=body
-        )
-        try:
-            answer = await client.send(outgoing, stream=True)
-        except httpx.TimeoutException:
-            raise GatewayTimeout(f"the upstream of route {route.name} did not answer in time") from None
-        except httpx.HTTPError as error:
-            raise BadGateway(f"the upstream of route {route.name} cannot be reached", detail=f"upstream: {type(error).__name__}") from None
-        if answer.status_code in _REDIRECTS:
-            await answer.aclose()
-            raise BadGateway(
-                f"the upstream of route {route.name} answered a redirect, which the gateway does not follow",
-                detail=f"upstream answered {answer.status_code}",
-            )
-        return answer
+        headers = upstream_headers(request.headers.items(), route, key)
+        return await self.upstreams.send(route, request.method, upstream.url, headers, body)
 
-    # --- the answer -------------------------------------------------------------------
-
-    async def answer_whole(self, call: Call, route: Route, subject: str, answer: httpx.Response, key: str) -> Response:
+    async def answer_whole(self, call: Call, route: Route, subject: str, answer: aiohttp.ClientResponse, key: str) -> Response:
         """A small answer that is not a stream (a JSON completion): read whole, then sent
         with its length, in one piece."""
         outcome = "forwarded"
         try:
-            body = await answer.aread()
-        except httpx.HTTPError as error:
+            body = await answer.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
             body, outcome = b"", "upstream_error"
             call.reasons.append(f"the upstream's answer broke off: {type(error).__name__}")
         finally:
-            await answer.aclose()
+            answer.release()
         usage = usage_reader(route, answer)
         if usage is not None:
             usage.feed(body)
         redactor = Redactor(key)
         body = redactor.feed(body) + redactor.flush()
         # Charged and audited once the answer has been sent: the client does not wait for it.
-        return Response(body, status_code=answer.status_code, background=BackgroundTask(self.finish, call, route, subject, usage, outcome))
+        return Response(body, status_code=answer.status, background=BackgroundTask(self.finish, call, route, subject, usage, outcome))
 
-    async def relay(self, call: Call, route: Route, subject: str, answer: httpx.Response, key: str) -> AsyncIterator[bytes]:
+    async def relay(self, call: Call, route: Route, subject: str, answer: aiohttp.ClientResponse, key: str) -> AsyncIterator[bytes]:
         """The upstream's body as it arrives, redacted; then the charge and the audit line."""
         usage = usage_reader(route, answer)
         redactor = Redactor(key)
         outcome = "forwarded"
         try:
-            async for chunk in answer.aiter_bytes():
+            async for chunk in answer.content.iter_any():
                 if usage is not None:
                     usage.feed(chunk)
                 sendable = redactor.feed(chunk)
@@ -256,13 +221,13 @@ class Gateway:
             rest = redactor.flush()
             if rest:
                 yield rest
-        except httpx.HTTPError as error:
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
             outcome = "upstream_error"
             call.reasons.append(f"the upstream's answer broke off: {type(error).__name__}")
         finally:
             # The client may have gone (the task is cancelled): the charge and the audit still happen.
             with anyio.CancelScope(shield=True):
-                await answer.aclose()
+                answer.close()
                 await self.finish(call, route, subject, usage, outcome)
 
     async def finish(self, call: Call, route: Route, subject: str, usage: JsonUsage | SseUsage | None, outcome: str) -> None:
@@ -292,14 +257,14 @@ class Gateway:
         metrics.GATEWAY_SECONDS.labels(route).observe(record["latency_ms"] / 1000)
 
 
-def is_small_answer(answer: httpx.Response) -> bool:
+def is_small_answer(answer: aiohttp.ClientResponse) -> bool:
     """An answer with a length, of at most MAX_WHOLE_ANSWER bytes, and not a stream."""
     length = answer.headers.get("content-length", "")
     return (length.isdigit() and int(length) <= MAX_WHOLE_ANSWER
             and not answer.headers.get("content-type", "").startswith("text/event-stream"))
 
 
-def usage_reader(route: Route, answer: httpx.Response) -> JsonUsage | SseUsage | None:
+def usage_reader(route: Route, answer: aiohttp.ClientResponse) -> JsonUsage | SseUsage | None:
     """What reads the usage of an LLM route's answer: its events, or its JSON body."""
     if route.provider is None:
         return None
