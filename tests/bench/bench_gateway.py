@@ -1,7 +1,7 @@
 """The gateway's overhead: calls through `chit gateway` against calls straight to the same
 upstream stand-in, in the same run, then a soak for the gateway's memory.
 
-    python -m tests.bench.bench_gateway [--rate 500] [--duration 15] [--rounds 2] [--soak 120] [--connections 8]
+    python -m tests.bench.bench_gateway [--rate 500] [--duration 15] [--rounds 2] [--soak 120] [--connections 8] [--workers 1]
 
 Starts a redis-server (Debian's package: the gateway's revocations and budgets
 live there, as deployed), chit (for the JWKS and one real token), the providers'
@@ -16,7 +16,7 @@ connections, an open loop at `--rate` requests/s):
    through the gateway (`POST /openai/v1/chat/completions` with the chit token);
 2. the most each can do: a closed loop over `--connections` connections;
 3. a soak through the gateway at `--rate` for `--soak` s, sampling the
-   gateway's resident memory (RSS) every 5 s.
+   gateway's resident memory (RSS, all its processes) every 5 s.
 
 Prints p50/p99 of each, the overhead (gateway minus direct, same round), the
 throughputs, and the RSS samples. Every call through the gateway verifies the
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from tests.bench.loadgen import Connection, percentile
-from tests.bench.soak import rss_mb
+from tests.bench.soak import process_tree, rss_mb
 from tests.factories import ROOT, ChitServer, ClusterIssuer, DocumentServer, RedisServer, copy_policy
 from tests.gateway.servers import GATEWAY_AUDIENCE, KEYS, GatewayServer, UpstreamStandIn, route
 
@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--soak", type=float, default=120.0)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=1, help="the gateway's worker processes")
     parser.add_argument("--load", help=argparse.SUPPRESS)  # the load process
     parser.add_argument("--authorization", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -156,7 +157,7 @@ def main() -> None:
     upstream = UpstreamStandIn(directory / "upstream", KEYS, delay=0.0)
     gateway = GatewayServer(directory / "gateway", chit.url,
                             [route("openai", upstream.url, budgets={"requests_per_minute": 10_000_000, "tokens_per_day": 10**15})],
-                            state={"backend": "redis", "redis_url": redis.url}).start()
+                            state={"backend": "redis", "redis_url": redis.url}, workers=args.workers).start()
     try:
         token = chit.exchange(cluster.token("agents", "agent")).json()["access_token"]
         direct = (f"{upstream.url}/v1/chat/completions", f"Bearer {KEYS['openai']}")
@@ -185,15 +186,15 @@ def main() -> None:
 
             def sample() -> None:
                 while not stop.wait(5.0):
-                    samples.append(sum(rss_mb([gateway.process.pid]).values()))  # type: ignore[union-attr]
+                    samples.append(sum(rss_mb(process_tree(gateway.process.pid)).values()))  # type: ignore[union-attr]
 
-            samples.append(sum(rss_mb([gateway.process.pid]).values()))
+            samples.append(sum(rss_mb(process_tree(gateway.process.pid)).values()))
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             soak = load(*through, args.rate, args.soak, args.connections)
             stop.set()
             sampler.join()
-            samples.append(sum(rss_mb([gateway.process.pid]).values()))
+            samples.append(sum(rss_mb(process_tree(gateway.process.pid)).values()))
             print(f"soak: {soak['requests']} calls at {soak['per_second']:.0f}/s over {args.soak:.0f} s, p50 {soak['p50_ms']:.2f} ms, "
                   f"p99 {soak['p99_ms']:.2f} ms, statuses {soak['statuses']}, connection errors {soak['errors']}")
             print("gateway RSS MB every 5 s: " + " ".join(f"{s:.1f}" for s in samples))
