@@ -199,11 +199,11 @@ def main() -> None:
                   f"p99 {soak['p99_ms']:.2f} ms, statuses {soak['statuses']}, connection errors {soak['errors']}")
             print("gateway RSS MB every 5 s: " + " ".join(f"{s:.1f}" for s in samples))
     finally:
-        gateway.stop()
-        upstream.stop()
-        chit.stop()
-        redis.stop()
-        documents.stop()
+        for stop in (gateway.stop, upstream.stop, chit.stop, redis.stop, documents.stop):
+            try:
+                stop()
+            except Exception as error:  # noqa: BLE001 — stop the others all the same
+                print(f"stopping: {type(error).__name__}: {error}", file=sys.stderr)
 
 
 if __name__ == "__main__":
