@@ -116,6 +116,8 @@ def test_forged_and_malformed_tokens_are_refused(gateway: GatewayServer, quiet_u
         "not a JWS": "not-a-token",
         "another issuer": forged(token_server, issuer="https://chit.elsewhere.test"),
         "typ JWT, not at+jwt": forged(token_server, typ="JWT"),
+        "no typ": jwt.encode(jwt.decode(good, options={"verify_signature": False}), signing_key.private_key, algorithm="ES256",
+                             headers={"kid": kid, "typ": None}),
         "another key, same kid": jwt.encode(jwt.decode(good, options={"verify_signature": False}), other_key, algorithm="ES256",
                                             headers={"kid": kid, "typ": "at+jwt"}),
         "alg none": f"{b64(json.dumps({'alg': 'none', 'kid': kid, 'typ': 'at+jwt'}).encode())}.{claims}.",
