@@ -243,7 +243,7 @@ if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) 
 return value
 """
 
-    def __init__(self, url: str, timeout: float):
+    def __init__(self, url: str, timeout: float, pool_size: int = POOL_SIZE):
         from redis.asyncio import BlockingConnectionPool, Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
@@ -251,7 +251,7 @@ return value
 
         self._pool = BlockingConnectionPool.from_url(
             url,
-            max_connections=self.POOL_SIZE,
+            max_connections=pool_size,
             timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
@@ -322,8 +322,8 @@ return value
         await self._pool.disconnect()
 
 
-def build_state_store(settings: State) -> StateStore:
+def build_state_store(settings: State, pool_size: int = RedisStore.POOL_SIZE) -> StateStore:
     if settings.backend == "redis":
         assert settings.redis_url is not None  # the section requires it
-        return RedisStore(settings.redis_url, settings.timeout_ms / 1000)
+        return RedisStore(settings.redis_url, settings.timeout_ms / 1000, pool_size)
     return MemoryStore()

@@ -34,12 +34,14 @@ from chit.state import StateUnavailable, build_state_store
 
 log = logging.getLogger("chit.gateway")
 
+STATE_POOL_SIZE = 256  # Redis connections per worker
 PROXIED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def build_gateway(config: GatewayConfig) -> Gateway:
     """Everything a call needs, built once; KeyUnavailable when a key file is unusable."""
-    state = build_state_store(config.state)
+    # Every call reads and writes budgets: a burst of calls must not wait for a connection.
+    state = build_state_store(config.state, pool_size=STATE_POOL_SIZE)
     aws = AwsClients(config.aws)  # boto3 is loaded only when a secret is first read
     keys: dict[str, UpstreamKey] = {}
     for route in config.routes:

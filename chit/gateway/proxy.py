@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
-import anyio
 import aiohttp
+import anyio
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -40,12 +40,12 @@ from chit.gateway.errors import (
 )
 from chit.gateway.forwarding import client_headers, upstream_headers
 from chit.gateway.redaction import Redactor
+from chit.gateway.revocations import TokenRevocations
 from chit.gateway.routes import RouteTable, UpstreamRequest, requested_model
 from chit.gateway.tokens import AccessToken, AccessTokenVerifier, presented_token
 from chit.gateway.upstream import Upstreams
 from chit.gateway.upstream_keys import KeyUnavailable, UpstreamKey
 from chit.gateway.usage import JsonUsage, SseUsage, UsageMeter
-from chit.gateway.revocations import TokenRevocations
 from chit.state import StateUnavailable
 
 log = logging.getLogger("chit.gateway")
@@ -129,7 +129,8 @@ class Gateway:
             route = self.table.route(call.path)
             call.route = route.name
             token = await self.authenticate(request, route, call)
-            upstream = self.table.admit(route, request.method, call.path, request.scope.get("query_string", b"").decode("latin-1"))
+            query = request.scope.get("query_string", b"").decode("latin-1")
+            upstream = self.table.admit(route, request.method, call.path, query)
             body = await self.read_body(request, route)
             call.model, document = requested_model(route, upstream.path, body)
             body = with_usage_reported(route, upstream, document, body)
@@ -139,8 +140,8 @@ class Gateway:
         except GatewayError as error:
             return self.refuse(call, error)
         call.upstream_status = answer.status
-        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in client_headers(list(answer.headers.items()), key)]
-        headers.append((DECISION_HEADER.encode(), call.decision_id.encode()))
+        headers = [(name.encode("latin-1"), value.encode("latin-1"))
+                   for name, value in [*client_headers(list(answer.headers.items()), key), (DECISION_HEADER, call.decision_id)]]
         if is_small_answer(answer):
             response: Response = await self.answer_whole(call, route, token.subject, answer, key)
         else:
@@ -204,7 +205,8 @@ class Gateway:
         redactor = Redactor(key)
         body = redactor.feed(body) + redactor.flush()
         # Charged and audited once the answer has been sent: the client does not wait for it.
-        return Response(body, status_code=answer.status, background=BackgroundTask(self.finish, call, route, subject, usage, outcome))
+        finish = BackgroundTask(self.finish, call, route, subject, usage, outcome)
+        return Response(body, status_code=answer.status, background=finish)
 
     async def relay(self, call: Call, route: Route, subject: str, answer: aiohttp.ClientResponse, key: str) -> AsyncIterator[bytes]:
         """The upstream's body as it arrives, redacted; then the charge and the audit line."""

@@ -52,8 +52,9 @@ class UsageMeter:
             if document.get("type") == "response.completed" and isinstance(document.get("response"), dict):
                 usage = document["response"].get("usage")
             self._keep("total", _count(usage, "total_tokens"))
-            self._keep("input", _count(usage, "input_tokens") if _count(usage, "input_tokens") is not None else _count(usage, "prompt_tokens"))
-            self._keep("output", _count(usage, "output_tokens") if _count(usage, "output_tokens") is not None else _count(usage, "completion_tokens"))
+            # Without a total: Responses' input/output, Chat Completions' prompt/completion.
+            for kept, names in (("input", ("input_tokens", "prompt_tokens")), ("output", ("output_tokens", "completion_tokens"))):
+                self._keep(kept, next((n for n in (_count(usage, name) for name in names) if n is not None), None))
         elif self.provider == "anthropic":
             usage = document.get("usage")
             if document.get("type") == "message_start" and isinstance(document.get("message"), dict):
