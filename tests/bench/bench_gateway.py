@@ -191,17 +191,19 @@ def main() -> None:
             samples.append(sum(rss_mb(process_tree(gateway.process.pid)).values()))
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            soak = load(*through, args.rate, args.soak, args.connections)
-            stop.set()
-            sampler.join()
+            try:
+                soak = load(*through, args.rate, args.soak, args.connections)
+            finally:
+                stop.set()
+                sampler.join()
             samples.append(sum(rss_mb(process_tree(gateway.process.pid)).values()))
             print(f"soak: {soak['requests']} calls at {soak['per_second']:.0f}/s over {args.soak:.0f} s, p50 {soak['p50_ms']:.2f} ms, "
                   f"p99 {soak['p99_ms']:.2f} ms, statuses {soak['statuses']}, connection errors {soak['errors']}")
             print("gateway RSS MB every 5 s: " + " ".join(f"{s:.1f}" for s in samples))
     finally:
-        for stop in (gateway.stop, upstream.stop, chit.stop, redis.stop, documents.stop):
+        for stopper in (gateway.stop, upstream.stop, chit.stop, redis.stop, documents.stop):
             try:
-                stop()
+                stopper()
             except Exception as error:  # noqa: BLE001 — stop the others all the same
                 print(f"stopping: {type(error).__name__}: {error}", file=sys.stderr)
 
