@@ -20,7 +20,7 @@ import chit
 SERVER_COMMANDS = {
     "serve": "run the exchange server",
     "dev": "development helpers (a development cluster's tokens)",
-    "keys": "signing keys: rotate, list",
+    "keys": "signing keys: rotate, list, export, publish",
     "policy": "policy tooling: test, eval",
     "config": "configuration: check",
     "revoke": "revoke every token of a workload and refuse its exchanges (--lift to undo)",

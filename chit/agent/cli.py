@@ -40,7 +40,8 @@ IMDS_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
 GCE_METADATA_HOST_ENV = "GCE_METADATA_HOST"
 KUBERNETES_ENV = "KUBERNETES_SERVICE_HOST"
 
-FILE_KEYS = ("audience", "scope", "token-type", "output")
+FILE_KEYS = ("audience", "scope", "token-type", "output", "renew")
+RENEW = ("lifetime", "on-read")
 
 
 def _server_url(value: str) -> str:
@@ -188,7 +189,7 @@ def cmd_exchange(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 
 def parse_file_spec(value: str) -> tuple[Path, dict[str, list[str]]]:
-    """PATH[,audience=A][,scope=S][,token-type=T][,output=F]; audience and scope may repeat."""
+    """PATH[,audience=A][,scope=S][,token-type=T][,output=F][,renew=R]; audience and scope may repeat."""
     path, *items = value.split(",")
     if not path:
         raise argparse.ArgumentTypeError(f"{value!r}: the file's path comes first")
@@ -197,7 +198,7 @@ def parse_file_spec(value: str) -> tuple[Path, dict[str, list[str]]]:
         key, separator, setting = item.partition("=")
         if not separator or key not in FILE_KEYS or not setting:
             raise argparse.ArgumentTypeError(f"{value!r}: {item!r} is not one of {', '.join(k + '=…' for k in FILE_KEYS)}")
-        if key in ("token-type", "output") and key in options:
+        if key in ("token-type", "output", "renew") and key in options:
             raise argparse.ArgumentTypeError(f"{value!r}: {key} given twice")
         options.setdefault(key, []).append(setting)
     return Path(path), options
@@ -216,8 +217,13 @@ def file_specs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> lis
             token_type, output = resolve_types(token_type, output)
         except ValueError as error:
             parser.error(f"--file {path}: {error}")
+        renew = options.get("renew", ["lifetime"])[0]
+        if renew not in RENEW:
+            parser.error(f"--file {path}: renew must be one of {', '.join(RENEW)}")
+        if renew == "on-read" and output != "token":
+            parser.error(f"--file {path}: renew=on-read needs output=token (a token its reader presents once)")
         request = _request(options.get("audience", args.audience), options.get("scope", args.scope), token_type)
-        specs.append(FileSpec(path.absolute(), request, output))
+        specs.append(FileSpec(path.absolute(), request, output, renew_on_read=renew == "on-read"))
     paths = [spec.path for spec in specs]
     if len(set(paths)) != len(paths):
         parser.error("each --file needs its own path")
@@ -260,6 +266,7 @@ def add_client_commands(commands: Any, environ: Mapping[str, str]) -> None:
     _add_common(agent, environ)
     agent.add_argument("--file", action="append", type=parse_file_spec, required=True, metavar="PATH[,KEY=VALUE…]",
                        help="a file to keep (repeatable); keys audience=, scope= (repeatable), token-type=, output= "
-                            "override the options of the same name for this file")
+                            "override the options of the same name for this file; renew=on-read replaces the file as soon as it "
+                            "is read (for relying parties that accept each token once), renew=lifetime (default) at about 80%% of its lifetime")
     agent.add_argument("--output", choices=OUTPUTS, help="the files' format (default: token; credential-process for aws-credentials)")
     agent.set_defaults(handler=lambda args: cmd_agent(agent, args))

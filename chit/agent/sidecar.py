@@ -14,7 +14,12 @@ What a consumer can rely on:
   jittered exponential backoff (1 s doubling to 30 s, and at least as long as
   chit's Retry-After);
 - log lines (stderr) say which file was renewed, with what, until when — never
-  a token.
+  a token;
+- `renew=on-read` files hold a token nobody has read yet: as soon as the file is
+  opened (`chit.agent.reads`), it is replaced by a spare token the agent keeps in
+  memory for that moment, or removed if there is none, and a new spare is fetched.
+  For relying parties that accept each token once (docs/agents/sidecar.md
+  "Single-use tokens").
 
 Network calls run in a worker thread, so neither a slow chit nor a slow metadata
 service can keep an expired credential on disk or delay the exit on SIGTERM.
@@ -34,6 +39,7 @@ from pathlib import Path
 from chit.attestors.base import CollectionFailed, Collector, PlatformAbsent
 from chit.files import remove_file, write_private_file
 from chit.agent.exchange import ExchangeError, ExchangeRequest, IssuedCredential, TokenEndpoint, render
+from chit.agent.reads import ReadWatcher
 
 log = logging.getLogger("chit.agent")
 
@@ -50,14 +56,25 @@ class FileSpec:
     path: Path
     request: ExchangeRequest
     output: str
+    renew_on_read: bool = False  # replace the file as soon as it is read
 
 
 @dataclass(slots=True)
 class KeptFile:
     spec: FileSpec
     expires_at: float | None = None  # of the credential on disk; None: no file
+    renew_at: float = 0.0  # when the credential on disk is renewed
+    spare: IssuedCredential | None = None  # renew_on_read: the next file's credential, never on disk yet
+    spare_renew_at: float = 0.0
     due: float = 0.0  # next renewal attempt
     failures: int = 0
+
+    def next_due(self, now: float) -> float:
+        """The earliest renewal owed: the file's, then (renew_on_read) the spare's; now for a missing one."""
+        due = self.renew_at if self.expires_at is not None else now
+        if self.spec.renew_on_read:
+            due = min(due, self.spare_renew_at if self.spare is not None else now)
+        return due
 
 
 def backoff(failures: int, rng: random.Random) -> float:
@@ -93,6 +110,10 @@ class Agent:
             if remove_file(kept.spec.path):
                 log.info("removed %s, left by an earlier run", kept.spec.path)
         log.info("keeping %d file(s) fresh with %s evidence from %s", len(self.files), self.collector.kind, self.endpoint.url)
+        on_read = {k.spec.path: k for k in self.files if k.spec.renew_on_read}
+        if on_read:
+            mechanism = ReadWatcher(on_read, lambda path: self.events.put(("read", on_read[path], None))).start()
+            log.info("renewing %s as soon as read (noticed by %s)", ", ".join(map(str, on_read)), mechanism)
         try:
             self._loop()
         finally:
@@ -109,7 +130,11 @@ class Agent:
                     remove_file(kept.spec.path)
                     log.warning("removed %s: its credential expires at %s and renewal has not succeeded", kept.spec.path, when(kept.expires_at))
                     kept.expires_at = None
+                if kept.spare is not None and now >= kept.spare.expires_at - REMOVE_BEFORE_EXPIRY:
+                    kept.spare = None
+                    kept.due = min(kept.due, now)
             deadlines = [k.expires_at - REMOVE_BEFORE_EXPIRY for k in self.files if k.expires_at is not None]
+            deadlines += [k.spare.expires_at - REMOVE_BEFORE_EXPIRY for k in self.files if k.spare is not None]
             if in_flight is None:
                 next_up = min(self.files, key=lambda k: k.due)
                 if next_up.due <= now:
@@ -124,6 +149,10 @@ class Agent:
                 continue
             if kind == "stop":
                 return
+            if kind == "read":
+                assert kept is not None
+                self._replace_read(kept)
+                continue
             assert kept is not None and outcome is not None
             in_flight = None
             self._settle(kept, outcome)
@@ -139,25 +168,58 @@ class Agent:
             outcome = ExchangeError("temporarily_unavailable", f"unexpected {type(error).__name__}", temporary=True)
         self.events.put(("attempt", kept, outcome))
 
+    def _renewal_time(self, credential: IssuedCredential, now: float) -> float:
+        return now + (credential.expires_at - now - REMOVE_BEFORE_EXPIRY) * self.rng.uniform(*RENEW_AT)
+
+    def _write(self, kept: KeptFile, credential: IssuedCredential) -> None:
+        text = render(credential, kept.spec.output)
+        write_private_file(kept.spec.path, text if kept.spec.output == "token" else text + "\n")
+
+    def _replace_read(self, kept: KeptFile) -> None:
+        """The file was opened: its token counts as used. The spare takes its place, or the file goes."""
+        if kept.expires_at is None:
+            return
+        now = time.time()
+        spare, kept.spare = kept.spare, None
+        try:
+            if spare is None or now >= spare.expires_at - REMOVE_BEFORE_EXPIRY:
+                raise FileNotFoundError("no spare")
+            self._write(kept, spare)
+        except OSError:
+            remove_file(kept.spec.path)
+            kept.expires_at = None
+            log.info("%s was read; removed it until the next credential arrives", kept.spec.path)
+        else:
+            kept.expires_at, kept.renew_at = spare.expires_at, kept.spare_renew_at
+            log.info("%s was read; replaced it with an unread credential valid until %s", kept.spec.path, when(spare.expires_at))
+        if kept.failures == 0:  # after failures, the backoff holds
+            kept.due = kept.next_due(now)
+
     def _settle(self, kept: KeptFile, outcome: Outcome) -> None:
         now = time.time()
         path = kept.spec.path
         if isinstance(outcome, IssuedCredential):
             remaining = outcome.expires_at - now
+            spare_first = kept.spare is None or kept.spare_renew_at < kept.renew_at
             if remaining <= REMOVE_BEFORE_EXPIRY:
                 outcome = ExchangeError("invalid_request", f"chit issued a credential that expires in {remaining:.0f} s", temporary=True)
+            elif kept.spec.renew_on_read and kept.expires_at is not None and spare_first:
+                # The file holds an unread token: this one waits in memory for the file's first read.
+                kept.spare, kept.spare_renew_at, kept.failures = outcome, self._renewal_time(outcome, now), 0
+                kept.due = kept.next_due(now)
+                log.info("fetched the next credential for %s: %s, valid until %s", path, kept.spec.request.describe(), when(outcome.expires_at))
+                return
             else:
                 try:
-                    text = render(outcome, kept.spec.output)
-                    write_private_file(path, text if kept.spec.output == "token" else text + "\n")
+                    self._write(kept, outcome)
                 except OSError as error:
                     outcome = ExchangeError("temporarily_unavailable", f"cannot write {path}: {error.strerror}", temporary=True)
                 else:
-                    kept.expires_at, kept.failures = outcome.expires_at, 0
-                    kept.due = now + (remaining - REMOVE_BEFORE_EXPIRY) * self.rng.uniform(*RENEW_AT)
+                    kept.expires_at, kept.renew_at, kept.failures = outcome.expires_at, self._renewal_time(outcome, now), 0
+                    kept.due = kept.next_due(now)
                     log.info(
                         "renewed %s: %s, valid until %s (%.0f s); next renewal in %.0f s",
-                        path, kept.spec.request.describe(), when(outcome.expires_at), remaining, kept.due - now,
+                        path, kept.spec.request.describe(), when(outcome.expires_at), remaining, kept.renew_at - now,
                     )
                     return
         kept.failures += 1

@@ -33,7 +33,7 @@ from chit.server.config import Config
 from chit.server.errors import NO_STORE, InvalidRequest, OAuthError, TemporarilyUnavailable
 from chit.server.exchange import HttpRequest, TokenExchange
 from chit.server.introspection import active_claims, bearer_token, introspection_response, require_introspect_scope, verify_own_token
-from chit.server.keys import KeyStore, ensure_signing_key
+from chit.server.keys import KeySeries, KeyStore, ensure_signing_keys
 from chit.server.signatures import ImageSignatures
 from chit.server.sts import StsIssuer
 from chit.server.token_request import parse_token_parameter, read_form_body
@@ -44,8 +44,9 @@ log = logging.getLogger("chit.app")
 
 def build_exchange(config: Config) -> TokenExchange:
     """Everything an exchange needs, built once; raises on any unusable configuration."""
-    ensure_signing_key(config.signing.keys_dir, config.signing.algorithm)
-    keys = KeyStore(config.signing.keys_dir)
+    series = KeySeries(config.signing.series)
+    ensure_signing_keys(config.signing.keys_dir, series)
+    keys = KeyStore(config.signing.keys_dir, series)
     state = build_state_store(config.state)
     aws = AwsClients(config.aws)  # boto3 is loaded only when AWS is first called
     jwt_verifiers: list[JwtVerifier] = []
@@ -153,8 +154,9 @@ class Endpoints:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
+        now = time.time()
         checks = {
-            "signing_key": self.exchange.keys.signing_key(time.time()) is not None,
+            "signing_key": all(self.exchange.keys.signing_key(now, a) is not None for a in self.config.signing.series),
             "policy": await self.exchange.policy.ready(),
             "state": await state_ready(self.exchange.state),
         }
@@ -192,7 +194,7 @@ def create_app(config: Config) -> Starlette:
 
 def server_metadata(config: Config, keys: KeyStore) -> dict[str, Any]:
     """RFC 8414 / OpenID Connect Discovery metadata; the same document at both paths."""
-    algorithms = sorted({k.algorithm for k in keys.keys}) or [config.signing.algorithm]
+    algorithms = sorted(set(config.signing.series) | {k.algorithm for k in keys.keys})
     return {
         "issuer": config.issuer,
         "token_endpoint": config.token_endpoint,

@@ -163,21 +163,69 @@ def cmd_dev_token(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> None:
-    from chit.server.keys import rotate
+    from chit.server.keys import KeySeries, has_keys, rotate
 
     config = config_from_args(args)
-    key = rotate(config.signing.keys_dir, config.signing.algorithm, config.signing.rotation_grace_seconds)
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(key.activates_at))
-    print(f"added key {key.kid} ({key.algorithm}); published now, signs from {when}")
+    series = KeySeries(config.signing.series)
+    if args.algorithm is not None and args.algorithm not in series.algorithms:
+        fail(f"--algorithm {args.algorithm} is not in signing.algorithms ({', '.join(series.algorithms)})")
+    # An empty directory gets the first key of every series, each active at once: nothing has cached any.
+    grace = config.signing.rotation_grace_seconds if has_keys(config.signing.keys_dir) else 0
+    for algorithm in [args.algorithm] if args.algorithm else series.algorithms:
+        key = rotate(config.signing.keys_dir, algorithm, grace, series=series)
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(key.activates_at))
+        print(f"added key {key.kid} ({key.algorithm}); published now, signs from {when}")
 
 
 def cmd_keys_list(args: argparse.Namespace) -> None:
-    from chit.server.keys import describe
+    from chit.server.keys import KeySeries, describe
 
     config = config_from_args(args)
-    for row in describe(config.signing.keys_dir):
+    for row in describe(config.signing.keys_dir, series=KeySeries(config.signing.series)):
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["activates_at"]))
         print(f"{row['kid']}  {row['algorithm']:6}  {row['state']:9}  activates {when}  {row['file']}")
+
+
+def _key_store(config: Config):
+    """The keys as a running server reads them; none is created here."""
+    from chit.server.keys import KeySeries, KeyStore, SigningKeyError
+
+    try:
+        return KeyStore(config.signing.keys_dir, KeySeries(config.signing.series))
+    except SigningKeyError as error:
+        fail(str(error), 1)
+
+
+def cmd_keys_export(args: argparse.Namespace) -> None:
+    """The JWKS a relying party registers inline: every published key, the next one included."""
+    from chit.server.publish import jwks
+
+    config = config_from_args(args)
+    document = jwks(_key_store(config), time.time())
+    if not document["keys"]:
+        fail(f"{config.signing.keys_dir} holds no key: start chit or run `chit keys rotate` first", 1)
+    print(json.dumps(document, indent=1))
+
+
+def cmd_keys_publish(args: argparse.Namespace) -> None:
+    """The discovery document and the JWKS, on static hosting (S3) at the issuer's URL."""
+    import boto3
+    import botocore.exceptions
+
+    from chit.server.publish import issuer_documents, publish_to_s3
+
+    config = config_from_args(args)
+    keys = _key_store(config)
+    if not keys.keys:
+        fail(f"{config.signing.keys_dir} holds no key: start chit or run `chit keys rotate` first", 1)
+    s3 = boto3.client("s3", region_name=args.region or config.aws.region, endpoint_url=args.endpoint_url or config.aws.endpoint_url)
+    try:
+        written = publish_to_s3(s3, args.bucket, args.prefix, config.issuer, issuer_documents(config, keys, time.time()))
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        fail(f"cannot publish to s3://{args.bucket}: {error}", 1)
+    for key in written:
+        print(f"wrote s3://{args.bucket}/{key}")
+    print(f"serve the bucket at {config.issuer}: relying parties read {config.issuer}/.well-known/openid-configuration")
 
 
 # --- chit policy ----------------------------------------------------------------------
@@ -394,8 +442,19 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(handler=cmd_dev_token)
 
     keys = commands.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
-    with_config(keys.add_parser("rotate", help="add the next signing key")).set_defaults(handler=cmd_keys_rotate)
+    rotate = with_config(keys.add_parser("rotate", help="add the next signing key of every series (signing.algorithms)"))
+    rotate.add_argument("--algorithm", choices=["ES256", "RS256", "EdDSA"], help="rotate this series only")
+    rotate.set_defaults(handler=cmd_keys_rotate)
     with_config(keys.add_parser("list", help="list signing keys and their state")).set_defaults(handler=cmd_keys_list)
+    with_config(keys.add_parser("export", help="print the JWKS to register inline with a relying party (the next key included)")).set_defaults(
+        handler=cmd_keys_export
+    )
+    publish = with_config(keys.add_parser("publish", help="write the discovery document and the JWKS to an S3 bucket served at the issuer's URL"))
+    publish.add_argument("--bucket", required=True, help="the S3 bucket")
+    publish.add_argument("--prefix", help="the objects' key prefix (default: the issuer URL's path)")
+    publish.add_argument("--region", help="the bucket's region (default: aws.region)")
+    publish.add_argument("--endpoint-url", metavar="URL", help="the S3 endpoint (default: aws.endpoint_url, else AWS's)")
+    publish.set_defaults(handler=cmd_keys_publish)
 
     policy = commands.add_parser("policy", help="policy tooling").add_subparsers(dest="policy_command", required=True)
     test = with_config(policy.add_parser("test", help="run the Rego unit tests (test_* rules)"))

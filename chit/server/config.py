@@ -35,14 +35,42 @@ RESOLVED_CONFIG_ENV = "CHIT_RESOLVED_CONFIG"  # set by `chit serve` for its uvic
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
 
 
+Algorithm = Literal["ES256", "RS256", "EdDSA"]
+
+
 class Signing(Section):
-    algorithm: Literal["ES256", "RS256", "EdDSA"] = "ES256"
+    algorithm: Algorithm = "ES256"  # the default: tokens for audiences not in tokens.audiences
+    # The key series kept in keys_dir, each rotated apart; None: the default alone.
+    algorithms: list[Algorithm] | None = None
     keys_dir: FilePath = Path("var/keys")
     rotation_grace_seconds: Annotated[int, Field(ge=0)] = 300
+
+    @model_validator(mode="after")
+    def _default_is_kept(self) -> Signing:
+        if self.algorithms is not None:
+            if self.algorithm not in self.algorithms:
+                raise ValueError(f"signing.algorithms must include signing.algorithm ({self.algorithm})")
+            if len(set(self.algorithms)) != len(self.algorithms):
+                raise ValueError("signing.algorithms lists an algorithm twice")
+        return self
+
+    @property
+    def series(self) -> tuple[str, ...]:
+        """The default algorithm first, then the others (chit.server.keys.KeySeries)."""
+        return (self.algorithm, *(a for a in self.algorithms or () if a != self.algorithm))
+
+
+class AudienceTokens(Section):
+    """How tokens for one audience are minted: relying parties differ in what they accept
+    (docs/operators/llm-providers.md)."""
+
+    algorithm: Algorithm | None = None  # None: signing.algorithm
+    ttl_seconds: Annotated[int, Field(gt=0, le=MAX_TOKEN_TTL)] | None = None  # a lower cap for this audience
 
 
 class Tokens(Section):
     ttl_seconds: Annotated[int, Field(gt=0, le=MAX_TOKEN_TTL)] = MAX_TOKEN_TTL
+    audiences: dict[str, AudienceTokens] = {}
 
 
 class Attestors(Section):
@@ -111,6 +139,15 @@ class Config(Section):
         # Discovery would otherwise name http:// endpoints that chit does not serve.
         if self.listen.tls is not None and not self.issuer.startswith("https://"):
             raise ValueError("issuer must be an https:// URL when listen.tls is set (chit serves HTTPS)")
+        return self
+
+    @model_validator(mode="after")
+    def _audience_algorithms_are_kept(self) -> Config:
+        for audience, profile in self.tokens.audiences.items():
+            if profile.algorithm is not None and profile.algorithm not in self.signing.series:
+                raise ValueError(
+                    f"tokens.audiences[{audience!r}].algorithm {profile.algorithm} has no key series: add it to signing.algorithms"
+                )
         return self
 
     @model_validator(mode="after")

@@ -33,6 +33,7 @@ from chit.policy import (
     policy_input,
 )
 from chit.policy.decision import Decision
+from chit.server.audiences import token_profile
 from chit.server.config import MAX_TOKEN_TTL, Config
 from chit.server.errors import NO_STORE, InvalidRequest, OAuthError, PolicyDenied, ServerError, TemporarilyUnavailable
 from chit.server.grant import Grant, grant
@@ -258,10 +259,11 @@ class TokenExchange:
     ) -> Issued:
         if request.requested_token_type == TOKEN_TYPE_AWS_CREDENTIALS:
             return await self.mint_aws_credentials(subject, actor, decision, now)
-        ttl = self.lifetime(decision, subject, actor, now=now)
+        profile = token_profile(granted.audience, self.config.tokens.audiences, self.config.signing.algorithm)
+        ttl = min(self.lifetime(decision, subject, actor, now=now), profile.ttl_seconds)
         started = time.perf_counter()
         token = mint_jwt(
-            self.signing_key(now),
+            self.signing_key(now, profile.algorithm),
             issuer=self.config.issuer,
             subject=subject.subject,
             audience=granted.audience,
@@ -293,10 +295,11 @@ class TokenExchange:
             raise InvalidRequest("subject_token expires too soon to back a credential")
         return ttl
 
-    def signing_key(self, now: float) -> SigningKey:
-        key = self.keys.signing_key(now)
+    def signing_key(self, now: float, algorithm: str | None = None) -> SigningKey:
+        key = self.keys.signing_key(now, algorithm)
         if key is None:
-            raise TemporarilyUnavailable("no signing key is active", detail=f"no active key in {self.keys.keys_dir}")
+            algorithm = algorithm or self.keys.series.default
+            raise TemporarilyUnavailable("no signing key is active", detail=f"no active {algorithm} key in {self.keys.keys_dir}")
         return key
 
     async def mint_aws_credentials(self, subject: Attestation, actor: Attestation | None, decision: Decision, now: float) -> Issued:

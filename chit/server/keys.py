@@ -1,12 +1,19 @@
 """chit's signing keys: PEM files in `signing.keys_dir`, rotation, and the JWKS.
 
 Each key file is named `signing-<activates_at>-<id>.pem`. A key signs from its
-activation time until the next key activates; `chit keys rotate` writes the
-next key with an activation `rotation_grace_seconds` in the future, so that it
-is published (and cached by resource servers) before anything is signed with
-it. A superseded key stays published for 900 s after it last signed, the
-longest a chit token lives. Running servers re-scan the directory every
-`RESCAN_SECONDS`, so rotation needs no restart.
+activation time until the next key of its series activates; `chit keys rotate`
+writes the next key with an activation `rotation_grace_seconds` in the future,
+so that it is published (and cached by resource servers) before anything is
+signed with it. A superseded key stays published for 900 s after it last
+signed, the longest a chit token lives. Running servers re-scan the directory
+every `RESCAN_SECONDS`, so rotation needs no restart.
+
+Series (`KeySeries`): each algorithm of `signing.algorithms` other than the
+default `signing.algorithm` keeps keys of its own, rotated and retired apart
+(relying parties that accept RS256 only, docs/operators/keys.md "Several
+algorithms"). Every other key, whatever its type, is in the default series, so
+that changing `signing.algorithm` rotates from one type to the next. The JWKS
+publishes every series.
 """
 
 from __future__ import annotations
@@ -81,6 +88,20 @@ def jwk_thumbprint(jwk: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class KeySeries:
+    """Which series a key belongs to: `algorithms[0]` is the default series."""
+
+    algorithms: tuple[str, ...] = ("ES256",)
+
+    @property
+    def default(self) -> str:
+        return self.algorithms[0]
+
+    def of(self, algorithm: str) -> str:
+        return algorithm if algorithm in self.algorithms else self.default
+
+
+@dataclass(frozen=True, slots=True)
 class SigningKey:
     kid: str
     algorithm: str
@@ -142,60 +163,96 @@ class _DirectoryLock:
         os.close(self._fd)
 
 
-def ensure_signing_key(keys_dir: Path, algorithm: str) -> None:
-    """Create the first key (active at once) if the directory holds none.
+def has_keys(keys_dir: Path) -> bool:
+    return keys_dir.is_dir() and bool(_key_files(keys_dir))
 
-    A directory that already holds keys is only read: in a cluster it is
-    typically a read-only Secret mount.
-    """
-    if keys_dir.is_dir() and _key_files(keys_dir):
+
+def _load_keys(keys_dir: Path, files: list[tuple[int, Path]] | None = None) -> list[SigningKey]:
+    """Every readable key file, in activation order; unreadable ones are logged and skipped."""
+    keys = []
+    for activation, path in _key_files(keys_dir) if files is None else files:
+        try:
+            keys.append(load_key_file(path, activation))
+        except SigningKeyError as error:
+            log.error("%s", error)
+        except OSError:  # removed since the scan: `chit keys rotate` retired it
+            continue
+    return keys
+
+
+def ensure_signing_key(keys_dir: Path, algorithm: str, series: KeySeries | None = None) -> None:
+    """Create the first key of `algorithm`'s series (active at once) if the directory holds none.
+
+    A directory that already holds a key of every configured series is only
+    read: in a cluster it is typically a read-only Secret mount."""
+    series = series or KeySeries((algorithm,))
+    wanted = series.of(algorithm)
+
+    def missing() -> bool:
+        return not any(series.of(k.algorithm) == wanted for k in _load_keys(keys_dir))
+
+    if keys_dir.is_dir() and not missing():
         return
     try:
         keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with _DirectoryLock(keys_dir):
-            if not _key_files(keys_dir):
+            if missing():
                 path = write_key_file(keys_dir, algorithm, int(time.time()))
-                log.info("created signing key %s", path)
+                log.info("created signing key %s (%s)", path, algorithm)
     except OSError as error:
-        raise SigningKeyError(f"{keys_dir}: no signing key, and none can be created there ({error.strerror})") from None
+        raise SigningKeyError(
+            f"{keys_dir}: no {algorithm} signing key, and none can be created there ({error.strerror}); "
+            f"add one with `chit keys rotate --algorithm {algorithm}`"
+        ) from None
 
 
-def rotate(keys_dir: Path, algorithm: str, grace_seconds: int, now: float | None = None) -> SigningKey:
-    """Add the next key; it signs once `grace_seconds` have passed. Also removes
-    key files that are no longer published."""
+def ensure_signing_keys(keys_dir: Path, series: KeySeries) -> None:
+    """The first key of every configured series (`signing.algorithms`)."""
+    for algorithm in series.algorithms:
+        ensure_signing_key(keys_dir, algorithm, series)
+
+
+def rotate(keys_dir: Path, algorithm: str, grace_seconds: int, now: float | None = None, series: KeySeries | None = None) -> SigningKey:
+    """Add the next key of `algorithm`'s series; it signs once `grace_seconds` have passed
+    (at once if the directory holds no key at all: nothing can have cached it). Also
+    removes key files that are no longer published."""
     now = time.time() if now is None else now
+    series = series or KeySeries((algorithm,))
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with _DirectoryLock(keys_dir):
-        existing = _key_files(keys_dir)
+        existing = _load_keys(keys_dir)
         activates_at = int(now) + grace_seconds if existing else int(now)
-        if existing and activates_at <= existing[-1][0]:
-            activates_at = existing[-1][0] + 1  # a second rotation never jumps the queue
+        same = [k.activates_at for k in existing if series.of(k.algorithm) == series.of(algorithm)]
+        if same and activates_at <= max(same):
+            activates_at = max(same) + 1  # a second rotation never jumps the queue
         path = write_key_file(keys_dir, algorithm, activates_at)
-        for activation, old_path in _retired(existing + [(activates_at, path)], now):
-            old_path.unlink(missing_ok=True)
-            log.info("removed retired signing key %s", old_path)
-    return load_key_file(path, activates_at)
+        added = load_key_file(path, activates_at)
+        for old in _retired(existing + [added], now, series):
+            old.path.unlink(missing_ok=True)
+            log.info("removed retired signing key %s", old.path)
+    return added
 
 
-def _retired(files: list[tuple[int, Path]], now: float) -> list[tuple[int, Path]]:
-    """Keys superseded for longer than a token can live."""
-    files = sorted(files)
-    active = [i for i, (activation, _) in enumerate(files) if activation <= now]
-    if not active:
-        return []
+def _retired(keys: list[SigningKey], now: float, series: KeySeries) -> list[SigningKey]:
+    """Keys superseded in their series for longer than a token can live."""
     retired = []
-    for i in range(active[-1]):
-        successor_activation = files[i + 1][0]
-        if successor_activation + MAX_TOKEN_TTL <= now:
-            retired.append(files[i])
+    for name in dict.fromkeys(series.of(k.algorithm) for k in keys):
+        members = sorted((k for k in keys if series.of(k.algorithm) == name), key=lambda k: (k.activates_at, str(k.path)))
+        active = [i for i, key in enumerate(members) if key.activates_at <= now]
+        if not active:
+            continue
+        for i in range(active[-1]):
+            if members[i + 1].activates_at + MAX_TOKEN_TTL <= now:
+                retired.append(members[i])
     return retired
 
 
 class KeyStore:
     """The keys of `keys_dir` as seen by a running server."""
 
-    def __init__(self, keys_dir: Path):
+    def __init__(self, keys_dir: Path, series: KeySeries | None = None):
         self.keys_dir = keys_dir
+        self.series = series or KeySeries()
         self._keys: list[SigningKey] = []
         self._listing: list[tuple[int, str, int]] = []
         self._scanned = -RESCAN_SECONDS
@@ -218,35 +275,32 @@ class KeyStore:
         if listing == self._listing:
             return
         keys = []
-        for activation, path in files:
+        for key in _load_keys(self.keys_dir, files):
             try:
-                key = load_key_file(path, activation)
-                mode = path.stat().st_mode
-            except SigningKeyError as error:
-                log.error("%s", error)
-                continue
+                mode = key.path.stat().st_mode
             except OSError:  # removed since the scan: `chit keys rotate` retired it
                 continue
             keys.append(key)
             if mode & 0o077:
-                log.warning("signing key %s is readable by group or others", path)
+                log.warning("signing key %s is readable by group or others", key.path)
         self._keys = keys
         self._listing = listing
         log.info("signing keys loaded: %s", ", ".join(k.kid for k in keys) or "none")
 
-    def signing_key(self, now: float) -> SigningKey | None:
-        """The newest key whose activation has come."""
+    def signing_key(self, now: float, algorithm: str | None = None) -> SigningKey | None:
+        """The newest key of `algorithm`'s series (default: the default series) whose activation has come."""
         self.reload()
+        wanted = self.series.of(algorithm or self.series.default)
         active = None
         for key in self._keys:
-            if key.activates_at <= now:
+            if key.activates_at <= now and self.series.of(key.algorithm) == wanted:
                 active = key
         return active
 
     def published(self, now: float) -> list[SigningKey]:
-        """Upcoming keys, the active key, and predecessors whose tokens may still be alive."""
+        """Upcoming keys, the active keys, and predecessors whose tokens may still be alive."""
         self.reload()
-        retired = {path for _, path in _retired([(k.activates_at, k.path) for k in self._keys], now)}
+        retired = {k.path for k in _retired(self._keys, now, self.series)}
         return [k for k in self._keys if k.path not in retired]
 
     def jwks_json(self, now: float) -> bytes:
@@ -265,15 +319,15 @@ class KeyStore:
         return kid is not None and any(k.kid == kid for k in self._keys)
 
 
-def describe(keys_dir: Path, now: float | None = None) -> list[dict[str, Any]]:
+def describe(keys_dir: Path, now: float | None = None, series: KeySeries | None = None) -> list[dict[str, Any]]:
     """For `chit keys list`: every key file and its state."""
     now = time.time() if now is None else now
-    store = KeyStore(keys_dir)
-    active = store.signing_key(now)
+    store = KeyStore(keys_dir, series)
+    active = [store.signing_key(now, algorithm) for algorithm in store.series.algorithms]
     published = {k.kid for k in store.published(now)}
     rows = []
     for key in store.keys:
-        state = "signing" if key is active else ("upcoming" if key.activates_at > now else "published")
+        state = "signing" if any(key is a for a in active) else ("upcoming" if key.activates_at > now else "published")
         if key.kid not in published:
             state = "retired"
         rows.append({"kid": key.kid, "algorithm": key.algorithm, "activates_at": key.activates_at, "state": state, "file": str(key.path)})

@@ -62,7 +62,7 @@ def test_the_agent_commands_run_and_the_server_says_how_to_install_it(agent_env:
 
 def test_the_agent_imports_only_the_standard_library(agent_env: Path) -> None:
     code = (
-        "import sys, chit.cli, chit.agent.cli, chit.agent.sidecar\n"
+        "import sys, chit.cli, chit.agent.cli, chit.agent.sidecar, chit.agent.providers\n"
         "import chit.attestors.kubernetes.collector, chit.attestors.aws_iid.collector, chit.attestors.gcp.collector\n"
         # __main__ is this script, _distutils_hack the .pth hook setuptools puts in every virtualenv.
         "third = sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names) - {'chit', '__main__', '_distutils_hack'})\n"

@@ -160,5 +160,5 @@ def test_no_key_and_no_way_to_create_one_is_a_clear_error(tmp_path: Path) -> Non
 
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(SigningKeyError, match="no signing key, and none can be created"):
+    with pytest.raises(SigningKeyError, match="no ES256 signing key, and none can be created"):
         ensure_signing_key(blocker / "keys", "ES256")

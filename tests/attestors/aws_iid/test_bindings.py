@@ -27,6 +27,8 @@ from tests.attestors.aws_iid.conftest import document_token, exchange, signed, v
 
 
 # --- the nonce binding -------------------------------------------------------------------------
+
+
 def test_first_exchange_binds_the_nonce(aws_chit: ChitServer, aws_regions: AwsRegions, moto: MotoServer, instance: dict) -> None:
     document = moto.document_for(instance)
     nonce = new_nonce()

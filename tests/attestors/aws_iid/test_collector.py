@@ -23,6 +23,8 @@ from tests.attestors.aws_iid.conftest import verifier, verify
 
 
 # --- the collector (client side): IMDSv2 and the instance nonce --------------------------------
+
+
 COLLECTED_INSTANCE = "i-0123456789abcdef0"
 
 

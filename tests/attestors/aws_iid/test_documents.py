@@ -30,6 +30,8 @@ from tests.attestors.aws_iid.conftest import DB, VECTOR_NONCE, exchange, signed,
 
 
 # --- real AWS-signed documents, AWS's shipped certificates ------------------------------------
+
+
 @pytest.mark.parametrize("n", [0, 1])
 def test_real_documents_verify_with_the_shipped_certificate(n: int) -> None:
     document, signature = vector(n)
@@ -113,6 +115,8 @@ def test_tampered_real_document_is_refused_through_chit(chit: ChitServer) -> Non
 
 
 # --- test region certificates: every way a document can be wrong -----------------------------
+
+
 def malformed_tokens(regions: AwsRegions) -> dict[str, str]:
     """Subject tokens that are wrong in one way each (signed correctly where a signature applies)."""
     good = instance_document()

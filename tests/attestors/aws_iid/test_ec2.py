@@ -30,6 +30,8 @@ from tests.attestors.aws_iid.conftest import DB, document_token, exchange, signe
 
 
 # --- exchanges of running instances (moto's EC2) -------------------------------------------------
+
+
 def test_signature_form_is_exchanged(aws_chit: ChitServer, aws_regions: AwsRegions, moto: MotoServer, instance: dict) -> None:
     document = moto.document_for(instance)
     body = assert_issued(exchange(aws_chit, signed(aws_regions, document)))
@@ -125,6 +127,8 @@ def test_instance_facts_come_from_describe_instances(moto: MotoServer, aws_regio
 
 
 # --- the EC2 API unreachable: fail closed ----------------------------------------------------
+
+
 def test_ec2_api_unreachable_is_503(outage_chit: ChitServer, aws_regions: AwsRegions) -> None:
     body = assert_refused(exchange(outage_chit, document_token(aws_regions, new_nonce())), 503, "temporarily_unavailable")
     audit = outage_chit.audit_for(body["decision_id"])
