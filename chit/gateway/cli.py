@@ -79,7 +79,7 @@ def start_gateway(config: GatewayConfig, workers: int) -> None:
             file=sys.stderr,
         )
     if config.listen.plain_http:
-        print(f"chit gateway: WARNING: listen.plain_http is true: chit tokens and answers cross the network in clear", file=sys.stderr)
+        print("chit gateway: WARNING: listen.plain_http is true: chit tokens and answers cross the network in clear", file=sys.stderr)
     sys.stderr.flush()
     run_uvicorn("chit.gateway.app:app_from_environment", config.listen.host, config.listen.port, workers, certificate)
 
