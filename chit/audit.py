@@ -1,7 +1,7 @@
 """Audit lines: one JSON object per line, written whole (docs/reference/audit-log.md).
 
 The token server writes one per /token response (`chit.server.audit`), the
-gateway one per proxied call (`chit.gateway.audit`). Records are built from
+gateway one per proxied call (`chit.gateway.proxy`). Records are built from
 fields that carry no secret; `json.dumps` with ASCII output escapes every
 control character, so a line is always one line.
 """

@@ -12,8 +12,9 @@ Two kinds of record in the state store:
   seen the entry) stay inactive. A lifted entry is dropped by the next change
   once every token it revoked has expired.
 
-Resource servers verify chit's tokens offline; only introspection (and the
-exchange, for subjects) can honour a revocation.
+Resource servers verify chit's tokens offline; only introspection, the
+gateway (`chit.gateway.revocations`, on the same state store) and the
+exchange (for subjects) can honour a revocation.
 
 Every process caches the subjects document: it is re-read in the background
 once it is REFRESH_AFTER old, and an exchange waits for a fresh read once it
