@@ -1,21 +1,30 @@
 """The gateway's pieces in process, under generated inputs: the redactor catches the key
 wherever chunk boundaries fall; the usage meters read each provider's report from a
 stream cut anywhere; the path checks refuse what could mean something else upstream;
-the header rules drop every credential and hop-by-hop header."""
+the header rules drop every credential and hop-by-hop header; access tokens of each of
+chit's key series."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from pathlib import Path
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from chit.attestors.jwks import FileKeySource
 from chit.gateway.config import Route
-from chit.gateway.errors import AccessDenied, InvalidRequest, NotFound
+from chit.gateway.errors import AccessDenied, InvalidRequest, InvalidToken, NotFound
 from chit.gateway.forwarding import client_headers, upstream_headers
 from chit.gateway.redaction import REDACTED, Redactor
 from chit.gateway.routes import RouteTable, refuse_ambiguous_path, requested_model, upstream_query
+from chit.gateway.tokens import AccessTokenVerifier
 from chit.gateway.usage import SseUsage, UsageMeter
 
 KEY = "sk-proj-Ab0_9-zZ"
@@ -130,3 +139,28 @@ def test_no_client_credential_and_no_hop_by_hop_header_is_forwarded() -> None:
                                ("Connection", "close, x-hop"), ("x-hop", "1"), ("set-cookie", "a=1"), ("set-cookie", "b=2")],
                               "sk-upstream")
     assert answered == [("x-debug", "key=[REDACTED]"), ("set-cookie", "a=1"), ("set-cookie", "b=2")]
+
+
+def test_chit_tokens_of_each_key_series_the_gateway_reads(tmp_path: Path) -> None:
+    """chit keeps key series per algorithm (`signing.algorithms`, `tokens.audiences`): the
+    gateway verifies ES256 and RS256 tokens, each with its own key's algorithm; an EdDSA
+    key is skipped from the JWKS, so its tokens are refused (401), never a 500."""
+    keys = {"ES256": (ec.generate_private_key(ec.SECP256R1()), ECAlgorithm),
+            "RS256": (rsa.generate_private_key(public_exponent=65537, key_size=2048), RSAAlgorithm),
+            "EdDSA": (ed25519.Ed25519PrivateKey.generate(), OKPAlgorithm)}
+    jwks = {"keys": [{**json.loads(kind.to_jwk(key.public_key())), "kid": alg, "use": "sig"} for alg, (key, kind) in keys.items()]}
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks))
+    verifier = AccessTokenVerifier("https://chit.test", "https://gateway.test", FileKeySource(tmp_path / "jwks.json"))
+    now = time.time()
+    claims = {"iss": "https://chit.test", "sub": "spiffe://chit.test/agent", "aud": "https://gateway.test", "scope": "llm:openai",
+              "iat": int(now), "exp": int(now) + 300, "jti": "j"}
+
+    def token(alg: str, signed_as: str | None = None) -> str:
+        return jwt.encode(claims, keys[alg][0], algorithm=signed_as or alg, headers={"kid": alg, "typ": "at+jwt"})
+
+    for alg in ("ES256", "RS256"):
+        assert asyncio.run(verifier.verify(token(alg), now)).subject == "spiffe://chit.test/agent"
+    with pytest.raises(InvalidToken):
+        asyncio.run(verifier.verify(token("EdDSA"), now))
+    with pytest.raises(InvalidToken):  # the RSA key, but the token says PS256: the algorithm is the key's
+        asyncio.run(verifier.verify(token("RS256", "PS256"), now))
