@@ -2,6 +2,7 @@
 upstream stand-in, in the same run, then a soak for the gateway's memory.
 
     python -m tests.bench.bench_gateway [--rate 500] [--duration 15] [--rounds 2] [--soak 120] [--connections 8] [--workers 1]
+                                        [--gateway-state redis|memory]
 
 Starts a redis-server (Debian's package: the gateway's revocations and budgets
 live there, as deployed), chit (for the JWKS and one real token), the providers'
@@ -135,6 +136,8 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=120.0)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1, help="the gateway's worker processes")
+    parser.add_argument("--gateway-state", choices=("redis", "memory"), default="redis",
+                        help="the gateway's state store (memory: what Redis adds, measured apart; one worker)")
     parser.add_argument("--load", help=argparse.SUPPRESS)  # the load process
     parser.add_argument("--authorization", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -157,7 +160,8 @@ def main() -> None:
     upstream = UpstreamStandIn(directory / "upstream", KEYS, delay=0.0)
     gateway = GatewayServer(directory / "gateway", chit.url,
                             [route("openai", upstream.url, budgets={"requests_per_minute": 10_000_000, "tokens_per_day": 10**15})],
-                            state={"backend": "redis", "redis_url": redis.url}, workers=args.workers).start()
+                            state={"backend": "redis", "redis_url": redis.url} if args.gateway_state == "redis" else {"backend": "memory"},
+                            workers=args.workers).start()
     try:
         token = chit.exchange(cluster.token("agents", "agent")).json()["access_token"]
         direct = (f"{upstream.url}/v1/chat/completions", f"Bearer {KEYS['openai']}")
