@@ -110,6 +110,12 @@ class InProcessGateway:
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
             return await client.post(CHAT, json=body, headers={"Authorization": f"Bearer {self.token(service_account)}"})
 
+    async def close(self) -> None:
+        """What the app's lifespan would close (httpx's ASGI transport does not run it)."""
+        await self.gateway.upstreams.close()
+        await self.gateway.verifier.keys.close()
+        await self.gateway.budgets.state.close()
+
     def audit_lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.audit.read_text().splitlines()]
 
@@ -133,6 +139,7 @@ def test_budgets_reset(tmp_path: Path, token_server: ChitServer, upstream: Upstr
         inproc.now += 30  # half a minute: one of the two requests is back
         assert (await inproc.post(chat(1))).status_code == 200
         assert (await inproc.post(chat(1))).status_code == 429
+        await inproc.close()
 
     asyncio.run(scenario())
     assert [line["outcome"] for line in inproc.audit_lines()] == [
@@ -158,6 +165,7 @@ def test_budgets_fail_closed_when_the_state_store_is_down(tmp_path: Path, token_
             redis.start()
         inproc.now += 2
         assert (await inproc.post(chat(1))).status_code == 200  # back without a restart
+        await inproc.close()
 
     asyncio.run(scenario())
     assert [line["outcome"] for line in inproc.audit_lines()] == ["forwarded", "unavailable", "forwarded"]
