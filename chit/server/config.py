@@ -27,7 +27,7 @@ from chit.policy.config import PolicySettings
 from chit.section import ConfigError, FilePath, Milliseconds, Section, read_yaml_file, validate_section
 from chit.serving.listen import Listen, ListenTls  # noqa: F401 (ListenTls: part of this module's contract)
 from chit.state import State
-from chit.urls import is_loopback_host, require_safe_url
+from chit.urls import require_safe_url
 
 CONFIG_ENV = "CHIT_CONFIG"
 RESOLVED_CONFIG_ENV = "CHIT_RESOLVED_CONFIG"  # set by `chit serve` for its uvicorn workers

@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.conftest import PROD_ISSUER, cluster_config
+from tests.conftest import cluster_config
 from tests.factories import ChitServer, ClusterIssuer, DocumentServer, RedisServer, assert_issued, copy_policy
 from tests.gateway.servers import GATEWAY_AUDIENCE, KEYS, GatewayServer, UpstreamStandIn, route
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
-import pytest
 
 from chit.gateway.app import create_app
 from chit.gateway.config import parse_gateway_config
