@@ -74,3 +74,12 @@ def exposition() -> tuple[bytes, str]:
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
+
+# The gateway (chit gateway): route names come from its configuration, outcomes from its audit lines.
+GATEWAY_REQUESTS = Counter(
+    "chit_gateway_requests_total", "Requests the gateway answered, by route and audit outcome", ["route", "outcome"]
+)
+GATEWAY_SECONDS = Histogram(
+    "chit_gateway_duration_seconds", "Whole proxied requests, until the answer's last byte", ["route"], buckets=_BUCKETS
+)
+GATEWAY_TOKENS = Counter("chit_gateway_llm_tokens_total", "LLM tokens the upstreams reported as used", ["route"])
