@@ -25,7 +25,6 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from chit import metrics
 from chit.audit import AuditLog, audit_timestamp, new_decision_id
 from chit.bounded import BodyTooLarge, read_bounded
 from chit.gateway.budgets import Budgets
@@ -38,6 +37,7 @@ from chit.gateway.errors import (
     RequestTooLarge,
     TemporarilyUnavailable,
 )
+from chit.gateway import metrics
 from chit.gateway.forwarding import client_headers, upstream_headers
 from chit.gateway.redaction import Redactor
 from chit.gateway.revocations import TokenRevocations
