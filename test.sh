@@ -29,6 +29,9 @@ if [ ! -x .venv/bin/python ]; then
   echo "test.sh: creating .venv" >&2
   python3 -m venv .venv
 fi
+# The pip of python3 -m venv may be old: pip 23 gives up resolving OpenTelemetry's
+# lockstep beta packages (chit[tracing]) that pip 25 resolves.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check 'pip>=25,<27'
 echo "test.sh: installing chit[test] into .venv" >&2
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 exec .venv/bin/python -m pytest "$@"

@@ -26,6 +26,7 @@ SERVER_COMMANDS = {
     "doctor": "check a configuration against the world: Redis, OPA, cluster keys and APIs, AWS, Google, files",
     "revoke": "revoke every token of a workload and refuse its exchanges (--lift to undo)",
     "aws": "AWS instance identity: forget-instance",
+    "gateway": "run the credential-injection gateway (its own process and configuration)",
 }
 INSTALL_SERVER = "pip install 'chit[server]'"
 
@@ -41,6 +42,12 @@ def _server_missing(command: str, module: str) -> NoReturn:
 
 def _run_server_command(command: str, argv: list[str]) -> None:
     try:
+        if command == "gateway":
+            # The gateway is not the token server: its command never imports the server's code.
+            from chit.gateway import cli as gateway_cli
+
+            gateway_cli.main(argv)
+            return
         from chit.server import cli as server_cli
 
         server_cli.main(argv)

@@ -23,16 +23,16 @@ from prometheus_client import multiprocess
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Exchanges take milliseconds; a dependency timing out takes seconds.
-_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 EXCHANGES = Counter(
     "chit_exchanges_total",
     "Token exchanges answered, by audit outcome, attestation kind and OAuth error",
     ["outcome", "kind", "error"],
 )
-EXCHANGE_SECONDS = Histogram("chit_exchange_duration_seconds", "Whole /token requests", buckets=_BUCKETS)
+EXCHANGE_SECONDS = Histogram("chit_exchange_duration_seconds", "Whole /token requests", buckets=DURATION_BUCKETS)
 STEP_SECONDS = Histogram(
-    "chit_exchange_step_duration_seconds", "Steps of an exchange: attest, policy, sign", ["step"], buckets=_BUCKETS
+    "chit_exchange_step_duration_seconds", "Steps of an exchange: attest, policy, sign", ["step"], buckets=DURATION_BUCKETS
 )
 ATTEST_SECONDS = STEP_SECONDS.labels("attest")
 POLICY_SECONDS = STEP_SECONDS.labels("policy")

@@ -16,3 +16,6 @@ TOKEN_TYPE_AWS_CREDENTIALS = "urn:chit:params:oauth:token-type:aws-credentials"
 
 # Subject tokens that are JWTs, routed to a verifier by their `iss`.
 JWT_TOKEN_TYPES = frozenset({TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN})
+
+# docs/reference/http-api.md: a credential chit issues never lives longer than 15 minutes.
+MAX_TOKEN_TTL = 900

@@ -1,5 +1,5 @@
 """Shared state behind one small interface: instance nonce bindings, single-use
-token hashes, revocations and rate-limit buckets.
+token hashes, revocations, rate-limit buckets and the gateway's budgets.
 
 Every value written on behalf of a request has a TTL, so nothing grows without
 bound; `ttl=None` (kept until deleted) is only for what an operator writes
@@ -131,6 +131,19 @@ class StateStore(ABC):
         of `per_minute`. Returns 0.0 when taken, else the seconds until one is available."""
 
     @abstractmethod
+    async def take_unless_spent(self, bucket: str, per_minute: int, counter: str, limit: int, now: float) -> tuple[float, int]:
+        """A budget check in one step (one round trip): read the counter at `counter`
+        (absent: 0); if it is under `limit` (or `limit` is 0), take one token from the
+        bucket as `take` does (none with `per_minute` 0). Returns the seconds until the
+        bucket has a token (0.0: taken, or no bucket) and the counter's value; a counter
+        at its limit takes nothing."""
+
+    @abstractmethod
+    async def increment(self, key: str, amount: int, ttl: float) -> int:
+        """Add `amount` to the counter at `key` (absent: 0) and return its new value; a new
+        counter lives `ttl` seconds, and adding to it does not extend that."""
+
+    @abstractmethod
     async def ping(self) -> bool: ...
 
     async def close(self) -> None:
@@ -209,6 +222,21 @@ class MemoryStore(StateStore):
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / rate
 
+    async def take_unless_spent(self, bucket: str, per_minute: int, counter: str, limit: int, now: float) -> tuple[float, int]:
+        used = int(self._live(counter, time.time()) or 0) if limit else 0
+        if (limit and used >= limit) or not per_minute:
+            return 0.0, used
+        return await self.take(bucket, per_minute, now), used
+
+    async def increment(self, key: str, amount: int, ttl: float) -> int:
+        now = time.time()
+        self._tick(now)
+        current = self._live(key, now)
+        expiry = self._values[key][1] if current is not None else _expiry(now, ttl)
+        value = (0 if current is None else int(current)) + amount
+        self._values[key] = (str(value), expiry)
+        return value
+
     async def ping(self) -> bool:
         return True
 
@@ -236,9 +264,7 @@ return 1
     # KEYS[1]: a hash {tokens, updated}; ARGV: per minute, now (s). Returns "0" when a
     # token was taken, else the seconds until one is available (a string: Lua numbers
     # would come back as integers). A bucket idle for a minute is full: it expires then.
-    _TAKE = """
-local burst = tonumber(ARGV[1])
-local now = tonumber(ARGV[2])
+    _TAKE_FROM_BUCKET = """
 local rate = burst / 60.0
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
 local tokens = tonumber(state[1]) or burst
@@ -248,7 +274,24 @@ local wait = 0
 if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(math.max(now, updated)))
 redis.call('PEXPIRE', KEYS[1], 60000)
-return tostring(wait)
+"""
+    _TAKE = "local burst = tonumber(ARGV[1])\nlocal now = tonumber(ARGV[2])\n" + _TAKE_FROM_BUCKET + "return tostring(wait)\n"
+    # KEYS: bucket, counter; ARGV: per minute (0: no bucket), the counter's limit (0: none), now (s).
+    # Returns {wait, the counter's value}, as strings.
+    _TAKE_UNLESS_SPENT = """
+local burst = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local used = 0
+if limit > 0 then used = tonumber(redis.call('GET', KEYS[2]) or '0') or 0 end
+if (limit > 0 and used >= limit) or burst == 0 then return {'0', tostring(used)} end
+""" + _TAKE_FROM_BUCKET + "return {tostring(wait), tostring(used)}\n"
+
+    # KEYS[1]; ARGV: amount, TTL in ms. A new counter gets the TTL; an existing one keeps its own.
+    _INCREMENT = """
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return value
 """
 
     def __init__(
@@ -260,6 +303,7 @@ return tostring(wait)
         password: str | None = None,
         sentinel_password: str | None = None,
         wait_for_replicas: int = 0,
+        pool_size: int = POOL_SIZE,
     ):
         from redis.asyncio import BlockingConnectionPool, Redis
         from redis.asyncio.retry import Retry
@@ -269,7 +313,7 @@ return tostring(wait)
         from redis.exceptions import ConnectionError as RedisConnectionError
 
         options: dict[str, Any] = dict(
-            max_connections=self.POOL_SIZE,
+            max_connections=pool_size,
             timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
@@ -307,6 +351,8 @@ return tostring(wait)
         self._redis = Redis(connection_pool=self._pool)
         self._replace = self._redis.register_script(self._REPLACE)
         self._take = self._redis.register_script(self._TAKE)
+        self._increment = self._redis.register_script(self._INCREMENT)
+        self._take_unless_spent = self._redis.register_script(self._TAKE_UNLESS_SPENT)
         self._failing = False
         self._wait_for_replicas = wait_for_replicas
         # WAIT's own budget leaves the rest of the command timeout for the write itself.
@@ -383,6 +429,15 @@ return tostring(wait)
     async def take(self, key: str, per_minute: int, now: float) -> float:
         return float(await self._call("take", self._take(keys=[self.PREFIX + key], args=[per_minute, repr(now)])))
 
+    async def take_unless_spent(self, bucket: str, per_minute: int, counter: str, limit: int, now: float) -> tuple[float, int]:
+        result = self._take_unless_spent(keys=[self.PREFIX + bucket, self.PREFIX + counter], args=[per_minute, limit, repr(now)])
+        wait, used = await self._call("take_unless_spent", result)
+        return float(wait), int(used)
+
+    async def increment(self, key: str, amount: int, ttl: float) -> int:
+        result = self._increment(keys=[self.PREFIX + key], args=[amount, self._px(ttl)])
+        return int(await self._call("increment", result))
+
     async def ping(self) -> bool:
         return bool(await self._call("ping", self._redis.ping()))
 
@@ -409,7 +464,7 @@ def read_password(path: Path, key: str) -> str:
     return password
 
 
-def build_state_store(settings: State) -> StateStore:
+def build_state_store(settings: State, pool_size: int = RedisStore.POOL_SIZE) -> StateStore:
     """The configured store; ValueError (naming the key) when a password file cannot be read."""
     if settings.backend == "memory":
         return MemoryStore()
@@ -424,4 +479,5 @@ def build_state_store(settings: State) -> StateStore:
         password=password,
         sentinel_password=sentinel_password,
         wait_for_replicas=settings.wait_for_replicas,
+        pool_size=pool_size,
     )

@@ -127,6 +127,38 @@ def test_token_bucket_allows_the_burst_then_refills(new_store) -> None:
     run(new_store, scenario)
 
 
+def test_counters_add_up_and_keep_their_first_ttl(new_store) -> None:
+    async def scenario(store: StateStore) -> None:
+        assert await store.increment("spent", 40, 0.3) == 40
+        await asyncio.sleep(0.15)
+        assert await store.increment("spent", 2, 10) == 42  # the TTL stays the first one's
+        assert await store.get("spent") == "42"
+        await asyncio.sleep(0.25)
+        assert await store.get("spent") is None
+        assert await store.increment("spent", 1, 10) == 1
+
+    run(new_store, scenario)
+
+
+def test_take_unless_spent_reads_the_counter_then_takes(new_store) -> None:
+    """The gateway's budget check: a spent counter takes nothing from the bucket."""
+    async def scenario(store: StateStore) -> None:
+        now = 1000.0
+        assert await store.take_unless_spent("rpm", 2, "day", 100, now) == (0.0, 0)
+        await store.increment("day", 60, 60)
+        assert await store.take_unless_spent("rpm", 2, "day", 100, now) == (0.0, 60)
+        wait, used = await store.take_unless_spent("rpm", 2, "day", 100, now)  # the bucket is empty
+        assert 29.9 < wait <= 30.0 and used == 60
+        await store.increment("day", 40, 60)
+        assert await store.take_unless_spent("rpm", 2, "day", 100, now + 30) == (0.0, 100)  # spent: nothing taken
+        assert await store.take_unless_spent("rpm", 2, "day", 100, now + 30) == (0.0, 100)
+        assert await store.take_unless_spent("rpm", 2, "day", 0, now + 30) == (0.0, 0)  # no limit: the refilled token
+        assert (await store.take_unless_spent("rpm", 2, "day", 0, now + 30))[0] > 0
+        assert await store.take_unless_spent("other", 0, "day", 1000, now) == (0.0, 100)  # no bucket
+
+    run(new_store, scenario)
+
+
 def test_ping(new_store) -> None:
     async def scenario(store: StateStore) -> None:
         assert await store.ping() is True
@@ -148,10 +180,12 @@ def test_every_key_written_for_a_request_expires(redis_server: RedisServer) -> N
         await store.set("c", "0", 30)
         await store.replace("c", "0", "1", 30)
         await store.take("bucket", 10, time.time())
+        await store.increment("counter", 1, 30)
+        await store.take_unless_spent("bucket2", 10, "counter", 100, time.time())
 
     run(lambda: RedisStore(redis_server.url, timeout=2.0), scenario)
     keys = client.keys("chit:*")
-    assert sorted(keys) == ["chit:a", "chit:b", "chit:bucket", "chit:c"]
+    assert sorted(keys) == ["chit:a", "chit:b", "chit:bucket", "chit:bucket2", "chit:c", "chit:counter"]
     assert all(0 < client.pttl(key) <= 60_000 for key in keys)
     client.close()
 

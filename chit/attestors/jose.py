@@ -30,6 +30,9 @@ FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit", "b64"})
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
+# The `typ` values of a plain JWT (RFC 7519 §5.1), the only ones accepted as evidence.
+EVIDENCE_TYPES = frozenset({"jwt", "application/jwt"})
+
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 
 _ALGORITHMS: dict[str, Algorithm] = {
@@ -100,8 +103,11 @@ class CompactJws:
         return self.header.get("kid")
 
 
-def parse_compact_jws(token: str) -> CompactJws:
-    """Split and decode a compact JWS, applying every check that needs no key."""
+def parse_compact_jws(token: str, types: frozenset[str] = EVIDENCE_TYPES) -> CompactJws:
+    """Split and decode a compact JWS, applying every check that needs no key.
+
+    An absent `typ`, or one of `types` (lowercase), is accepted; a resource server
+    of chit's access tokens passes its own (`at+jwt`) and requires it."""
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidEvidence(f"token longer than {MAX_TOKEN_LENGTH} characters")
     segments = token.split(".")
@@ -125,10 +131,10 @@ def parse_compact_jws(token: str) -> CompactJws:
     if "kid" in header and (not isinstance(kid, str) or not kid or len(kid) > 256):
         raise InvalidEvidence("header kid must be a non-empty string")
     typ = header.get("typ")
-    if typ is not None and (not isinstance(typ, str) or typ.lower() not in ("jwt", "application/jwt")):
+    if typ is not None and (not isinstance(typ, str) or typ.lower() not in types):
         # Explicit typing (RFC 8725 §3.11): access tokens (at+jwt), chit's own
         # included, and other typed JWTs are not workload identity evidence.
-        raise InvalidEvidence(f"token type {typ!r} is not accepted as evidence")
+        raise InvalidEvidence(f"token type {typ!r} is not accepted" + (" as evidence" if types is EVIDENCE_TYPES else ""))
     return CompactJws(
         raw=token,
         header=header,

@@ -30,8 +30,8 @@ from chit.attestors.routing import AttestorRouter
 from chit.aws import AwsClients
 from chit.policy import build_engine
 from chit.protocol import GRANT_TYPE_TOKEN_EXCHANGE
+from chit.audit import AuditLog
 from chit.server import tracing
-from chit.server.audit import AuditLog
 from chit.server.config import Config
 from chit.server.errors import NO_STORE, InvalidRequest, OAuthError, TemporarilyUnavailable
 from chit.server.exchange import HttpRequest, TokenExchange

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, NoReturn, Sequence
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
     from chit.server.config import Config
     from chit.server.logs import Log
     from chit.state import StateStore
-    from chit.server.tls import ReloadingCertificate
+    from chit.serving.tls import ReloadingCertificate
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -94,18 +93,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
             + "; ".join(shared_state_users(config))
             + ". Use state.backend: redis (state.redis_url), or --workers 1."
         )
-    if args.workers <= 1:
+    from chit.serving.run import metrics_across_workers
+
+    with metrics_across_workers(args.workers):
         start_server(config, args)
-        return
-    # Every worker of this run writes its metrics here, so that a scrape (which reaches
-    # one worker) sees all of them; set before anything imports prometheus-client
-    # (server.metrics), which reads it at import. One worker keeps its own registry.
-    metrics_dir = tempfile.mkdtemp(prefix="chit-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    try:
-        start_server(config, args)
-    finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def start_server(config: Config, args: argparse.Namespace) -> None:
@@ -118,7 +109,8 @@ def start_server(config: Config, args: argparse.Namespace) -> None:
     from chit.server.keys import SigningKeyError
     from chit.server.logs import log_config
     from chit.policy.bundle import PolicyLoadError
-    from chit.server.tls import CertificateError, ReloadingCertificate
+    from chit.serving.run import run_uvicorn
+    from chit.serving.tls import CertificateError, ReloadingCertificate
 
     tls = config.listen.tls
     try:
@@ -151,47 +143,16 @@ def start_server(config: Config, args: argparse.Namespace) -> None:
             file=sys.stderr,
             flush=True,
         )
+    from chit.server.logs import log_config
+
     run_uvicorn(
-        "chit.server.app:app_from_environment", config.listen.host, config.listen.port, args.workers, certificate, config.log
+        "chit.server.app:app_from_environment",
+        config.listen.host,
+        config.listen.port,
+        args.workers,
+        certificate,
+        log_config(config.log),
     )
-
-
-def run_uvicorn(
-    factory: str, host: str, port: int, workers: int, certificate: ReloadingCertificate | None = None, log: Log | None = None
-) -> None:
-    """Serve an app factory with chit's HTTP settings (also used by the benchmarks' floors);
-    over HTTPS with `certificate` (each worker process loads its own from the same files)."""
-    from chit.server.http import MAX_CONNECTIONS_PER_WORKER, LimitedHttpToolsProtocol
-    from chit.server.logs import Log, log_config
-    from chit.server.workers import Supervisor, serve
-
-    settings = dict(
-        app=factory,
-        factory=True,
-        host=host,
-        port=port,
-        http=LimitedHttpToolsProtocol,
-        loop="uvloop" if _has_uvloop() else "asyncio",
-        lifespan="on",
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=30,
-        limit_concurrency=MAX_CONNECTIONS_PER_WORKER,
-        log_config=log_config(log or Log()),
-    )
-    if workers <= 1:
-        serve(settings, certificate=certificate)
-        return
-    raise SystemExit(Supervisor(settings, host, port, workers, None if certificate is None else certificate.files).run())
-
-
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 # --- chit dev token ---------------------------------------------------------------
@@ -645,7 +606,7 @@ def cmd_aws_forget_instance(args: argparse.Namespace) -> None:
 
 def cmd_revoke(args: argparse.Namespace) -> None:
     """The operator's kill switch: revoke a subject's tokens and refuse its exchanges, or lift it."""
-    from chit.server.revocation import Revocations
+    from chit.revocation import Revocations
 
     config = config_from_args(args)
     prefix = f"spiffe://{config.trust_domain}/"

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 from urllib.parse import urlsplit
 
-import yaml
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from chit.attestors.aws_iam.config import AwsIamSettings
 from chit.attestors.aws_iid.config import AwsIidSettings
@@ -25,54 +24,17 @@ from chit.attestors.gcp.config import GcpSettings
 from chit.attestors.kubernetes.config import KubernetesSettings
 from chit.attestors.oidc.config import OidcSettings
 from chit.aws import Aws
+from chit.protocol import MAX_TOKEN_TTL
 from chit.policy.config import PolicySettings
-from chit.section import FilePath, Milliseconds, Section
+from chit.section import ConfigError, FilePath, Milliseconds, Section, read_yaml_file, validate_section
+from chit.server import CONFIG_ENV, RESOLVED_CONFIG_ENV  # noqa: F401 — re-exported
 from chit.server.logs import Log
 from chit.server.tracing import Tracing
+from chit.serving.listen import Listen, ListenTls  # noqa: F401 (ListenTls: part of this module's contract)
 from chit.state import State
-from chit.urls import is_loopback_host, require_safe_url
-from chit.server import CONFIG_ENV, RESOLVED_CONFIG_ENV  # noqa: F401 — re-exported
-
-MAX_TOKEN_TTL = 900  # docs/reference: a minted credential never lives longer than 15 minutes.
+from chit.urls import require_safe_url
 
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the file and the key."""
-
-
-class ListenTls(Section):
-    """chit's own HTTPS certificate: PEM files, re-read when they change (server/tls.py)."""
-
-    cert_file: FilePath  # the certificate, then any intermediates
-    key_file: FilePath  # its private key, unencrypted
-
-
-class Listen(Section):
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 8400
-    tls: ListenTls | None = None
-    # Plain HTTP on an address other than loopback: subject tokens and issued
-    # tokens then cross the network in clear, so `chit serve` wants it said.
-    plain_http: bool = False
-
-    @model_validator(mode="after")
-    def _one_transport(self) -> Listen:
-        if self.tls is not None and self.plain_http:
-            raise ValueError("set either tls (HTTPS) or plain_http: true, not both")
-        return self
-
-    def clear_text_refusal(self) -> str | None:
-        """Why `chit serve` must not listen like this, if it must not: tokens in clear
-        beyond this machine, without the operator having said so."""
-        if self.tls is not None or self.plain_http or is_loopback_host(self.host):
-            return None
-        return (
-            f"listen.host {self.host} is not a loopback address and listen.tls is not set: subject tokens and "
-            "issued tokens would cross the network in clear. Set listen.tls.cert_file and listen.tls.key_file "
-            "to serve HTTPS, or listen.plain_http: true if something else encrypts the traffic (the start is then logged as a warning)"
-        )
 
 
 Algorithm = Literal["ES256", "RS256", "EdDSA"]
@@ -210,55 +172,13 @@ class Config(Section):
         return f"{self.issuer}/token"
 
 
-def _format_location(location: tuple[Any, ...]) -> str:
-    text = ""
-    for part in location:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
 def parse_config(document: Mapping[str, Any], source: str, base: Path) -> Config:
     """Validate a config mapping; `source` names it in errors, `base` anchors relative paths."""
-    if not isinstance(document, Mapping):
-        raise ConfigError(f"{source}: the configuration must be a YAML mapping")
-    if "dev" in document:
+    if isinstance(document, Mapping) and "dev" in document:
         raise ConfigError(f"{source}: dev: unknown key (use `chit serve --dev`)")
-    try:
-        # Relative paths are relative to the file, not to the working directory (chit.section).
-        config = Config.model_validate(dict(document), context={"base": base})
-    except ValidationError as error:
-        lines = [f"{source}: invalid configuration:"]
-        for problem in error.errors():
-            key = _format_location(problem["loc"])
-            message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"].removeprefix("Value error, ")
-            lines.append(f"  {key}: {message}")
-        raise ConfigError("\n".join(lines)) from None
-    return config
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A YAML loader that refuses a key given twice (the second would silently win)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+    return validate_section(Config, document, source, base)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read the configuration: {error.strerror}") from None
-    try:
-        document = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    return parse_config(document or {}, str(path), path.resolve().parent)
+    return parse_config(read_yaml_file(path), str(path), path.resolve().parent)

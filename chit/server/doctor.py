@@ -108,7 +108,7 @@ def tls(config: Config, now: float) -> list[Finding]:
     """listen.tls: the certificate and key load as chit serve loads them, and the certificate is in date."""
     if config.listen.tls is None:
         return [ok("tls", "listen.tls not set: plain HTTP (chit serve refuses it beyond loopback unless listen.plain_http)")]
-    from chit.server.tls import CertificateError, load_context
+    from chit.serving.tls import CertificateError, load_context
 
     try:
         _, leaf = load_context(config.listen.tls)

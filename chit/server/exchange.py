@@ -15,15 +15,13 @@ parts and answers with the outcome.
 
 from __future__ import annotations
 
-import functools
-import itertools
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterable, Mapping
 
 from chit import metrics
+from chit.audit import AuditLog, audit_timestamp, new_decision_id
 from chit.attestors.base import Attestation, EvidenceUnavailable, InvalidEvidence
 from chit.attestors.routing import AttestorRouter
 from chit.policy import (
@@ -37,7 +35,6 @@ from chit.policy import (
 from chit.policy.decision import Decision
 from chit.server import tracing
 from chit.server.audiences import token_profile
-from chit.server.audit import AuditLog
 from chit.server.config import MAX_TOKEN_TTL, Config
 from chit.server.errors import NO_STORE, InvalidRequest, OAuthError, PolicyDenied, ServerError, TemporarilyUnavailable
 from chit.server.grant import Grant, grant
@@ -46,7 +43,7 @@ from chit.server.logs import DECISION_ID
 from chit.server.mint import TYP_ACCESS_TOKEN, TYP_JWT, mint_jwt
 from chit.server.ratelimit import RateLimits
 from chit.server.reserved_audience import WEB_IDENTITY_AUDIENCE, refuse_reserved_grant
-from chit.server.revocation import Revocations
+from chit.revocation import Revocations
 from chit.server.signatures import ImageSignatures
 from chit.server.sts import STS_DURATION_SECONDS, WEB_IDENTITY_TOKEN_TTL, StsIssuer
 from chit.server.token_request import (
@@ -59,27 +56,6 @@ from chit.server.token_request import (
 from chit.state import StateStore, StateUnavailable
 
 log = logging.getLogger("chit.exchange")
-
-# Decision ids: a random per-process prefix and a counter, in UUID form. Unique
-# across workers and replicas without a system call per request.
-_DECISION_PREFIX = uuid.uuid4().int >> 64 << 64
-_decision_counter = itertools.count()
-
-
-def new_decision_id() -> str:
-    return str(uuid.UUID(int=_DECISION_PREFIX | next(_decision_counter), version=4))
-
-
-@functools.lru_cache(maxsize=4)
-def _second_rfc3339(second: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-
-
-def audit_timestamp(now: float) -> str:
-    """RFC 3339 UTC with milliseconds, e.g. 2026-11-22T01:46:40.123Z."""
-    second = int(now)
-    return f"{_second_rfc3339(second)}.{int((now - second) * 1000):03d}Z"
-
 
 @dataclass(frozen=True, slots=True)
 class HttpRequest:

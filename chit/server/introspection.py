@@ -14,7 +14,7 @@ import jwt
 
 from chit.server.errors import InvalidClient, TemporarilyUnavailable
 from chit.server.keys import KeyStore
-from chit.server.revocation import Revocations
+from chit.revocation import Revocations
 from chit.state import StateUnavailable
 
 INTROSPECT_SCOPE = "chit:introspect"

@@ -46,7 +46,7 @@ from chit.aws import AwsClients
 from chit.policy import PolicyEngine, build_engine, plain
 from chit.protocol import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from chit.server.app import build_attestors, build_signatures
-from chit.server.audit import AuditLog
+from chit.audit import AuditLog
 from chit.server.config import Config
 from chit.server.exchange import HttpRequest, TokenExchange
 from chit.server.keys import KeyStore, SigningKeyError, write_key_file

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from chit.server.cli import run_uvicorn
+from chit.serving.run import run_uvicorn
 from chit.server.config import RESOLVED_CONFIG_ENV, Config
 
 CONSTANT_DECISION = {"allow": True, "scope": ["read:db", "write:db"], "audience": ["https://bench.internal"], "ttl": 900, "reasons": ["floor"]}

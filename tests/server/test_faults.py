@@ -26,7 +26,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from chit.server.revocation import MAX_AGE
+from chit.revocation import MAX_AGE
 from tests.conftest import TEST_BINDINGS, AwsRegions, cluster_config
 from tests.factories import (
     AWS_IID_TYPE,

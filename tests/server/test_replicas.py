@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from chit.server.revocation import MAX_AGE
+from chit.revocation import MAX_AGE
 from tests.conftest import AwsRegions, TEST_BINDINGS, cluster_config
 from tests.factories import (
     AWS_IID_TYPE,

@@ -1,4 +1,4 @@
-"""The revocation records (server/revocation.py) on a state store: which tokens a
+"""The revocation records (chit/revocation.py) on a state store: which tokens a
 subject's revocation covers, how long lifted entries stay, and that a list
 which cannot be read or refreshed fails closed."""
 
@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from chit.server.config import MAX_TOKEN_TTL
-from chit.server.revocation import MAX_AGE, SUBJECTS_KEY, Revocations
+from chit.revocation import MAX_AGE, SUBJECTS_KEY, Revocations
 from chit.state import MemoryStore, StateStore, StateUnavailable
 
 SUBJECT = "spiffe://example.org/k8s/prod/ns/payments/sa/agent"

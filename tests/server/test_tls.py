@@ -21,8 +21,8 @@ import httpx
 import pytest
 import yaml
 
-from chit.server.http import TLS_CLOSE_GRACE_SECONDS
-from chit.server.tls import RELOAD_SECONDS
+from chit.serving.http import TLS_CLOSE_GRACE_SECONDS
+from chit.serving.tls import RELOAD_SECONDS
 from tests.conftest import TEST_BINDINGS, cluster_config
 from tests.factories import (
     ROOT,

@@ -7,7 +7,7 @@ while the others idle. Here every worker binds its own socket with
 SO_REUSEPORT and the kernel spreads new connections across them.
 
 Over HTTPS every worker loads the certificate into its own context and
-follows its files on its own (server/tls.py).
+follows its files on its own (chit/serving/tls.py).
 
 The supervisor restarts a worker that dies (a crash in a native library must
 not take the service down) and, on SIGTERM or SIGINT, lets every worker finish
@@ -25,8 +25,8 @@ import socket
 import time
 from typing import Any
 
-from chit.server.config import ListenTls
-from chit.server.tls import CertificateError, HttpsServer, ReloadingCertificate
+from chit.serving.listen import ListenTls
+from chit.serving.tls import CertificateError, HttpsServer, ReloadingCertificate
 
 log = logging.getLogger("chit.workers")
 

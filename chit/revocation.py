@@ -12,8 +12,9 @@ Two kinds of record in the state store:
   seen the entry) stay inactive. A lifted entry is dropped by the next change
   once every token it revoked has expired.
 
-Resource servers verify chit's tokens offline; only introspection (and the
-exchange, for subjects) can honour a revocation.
+Resource servers verify chit's tokens offline; only introspection, the
+gateway (`chit.gateway.revocations`, on the same state store) and the
+exchange (for subjects) can honour a revocation.
 
 Every process caches the subjects document: it is re-read in the background
 once it is REFRESH_AFTER old, and an exchange waits for a fresh read once it
@@ -32,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from chit.server.config import MAX_TOKEN_TTL
+from chit.protocol import MAX_TOKEN_TTL
 from chit.state import StateStore, StateUnavailable
 
 JTI_PREFIX = "revoked:jti:"
@@ -90,15 +91,21 @@ class Revocations:
 
     async def token_revoked(self, claims: dict[str, Any]) -> bool:
         """A verified chit token's jti, its subject or its actor (RFC 8693 `act`) is revoked
-        (for introspection): a revoked workload's delegated tokens die with it."""
+        (for introspection and the gateway): a revoked workload's delegated tokens die with it."""
+        if await self.subject_revokes(claims):
+            return True
+        jti = claims.get("jti")
+        return isinstance(jti, str) and await self.state.get(JTI_PREFIX + jti) is not None
+
+    async def subject_revokes(self, claims: dict[str, Any]) -> bool:
+        """The token's subject, or an actor of its chain, is revoked as of its `iat`."""
         revoked = await self.subjects()
         for party in _parties(claims):
             sub = party.get("sub")
             entry = revoked.get(sub) if isinstance(sub, str) else None
             if entry is not None and entry.revokes_token_issued_at(claims.get("iat", 0)):
                 return True
-        jti = claims.get("jti")
-        return isinstance(jti, str) and await self.state.get(JTI_PREFIX + jti) is not None
+        return False
 
     # --- whole subjects: the operator's kill switch -----------------------------------
 

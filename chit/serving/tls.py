@@ -27,7 +27,7 @@ from pathlib import Path
 import uvicorn
 from cryptography import x509
 
-from chit.server.config import ListenTls
+from chit.serving.listen import ListenTls
 
 log = logging.getLogger("chit.tls")
 
