@@ -133,7 +133,11 @@ def test_the_table_covers_every_kind_of_answer(served: ChitServer) -> None:
 def test_now_moves_the_hours_and_the_token_with_it(served: ChitServer, prod_issuer: ClusterIssuer) -> None:
     token = token_for(prod_issuer, {"service_account": "office", "exp": 4 * 3600})
     config = load_config(served.config_path)
-    opening = time.time() + 2 * 3600
+    # The next half past the window's first hour (the module computed the window when it was
+    # imported, perhaps in an earlier hour than now).
+    opening = time.time() // 3600 * 3600 + 1800
+    while time.gmtime(opening).tm_hour != CLOSED["start"] or opening <= time.time():
+        opening += 3600
     answer = asyncio.run(evaluate_exchange(config, eval_request(token, {}), opening))
     assert answer.audit["outcome"] == "issued" and answer.policy_input is not None
     assert answer.policy_input["now"]["hour"] == CLOSED["start"]
