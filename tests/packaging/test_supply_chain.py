@@ -7,6 +7,8 @@
   its metadata declares them) are locked too;
 - the documented SBOM command produces a CycloneDX document naming every locked
   package with its version and hashes;
+- the Dockerfile's install of each lock (--require-hashes --no-deps --only-binary) finds a
+  wheel whose hash the lock names for every entry (a dry run: no container engine runs here);
 - the documented audit command finds no known vulnerability in the locked
   versions (skipped, saying so, only where PyPI's advisory data cannot be reached).
 """
@@ -149,3 +151,17 @@ def test_the_locked_versions_have_no_known_vulnerability() -> None:
     assert not vulnerable, f"known vulnerabilities in the locked versions: {vulnerable}; update requirements/server.lock"
     assert result.returncode == 0, result.stderr
     assert {canonicalize_name(d["name"]) for d in report["dependencies"]} == set(locked("server.lock"))
+
+
+@pytest.mark.parametrize("lock", ["server.lock", "agent.lock"])
+def test_the_dockerfiles_install_of_each_lock_verifies_every_hash(lock: str) -> None:
+    """The Dockerfile's own pip options over each lock (no container engine runs here to build
+    the image): pip finds a wheel for this platform for every entry and its sha256 matches a
+    hash of the lock, or refuses the whole install. --dry-run: nothing is installed."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    options = ["--require-hashes", "--no-deps", "--only-binary=:all:"]
+    assert f"{' '.join(options)} -r requirements/{lock}" in dockerfile, "the Dockerfile installs the lock otherwise"
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--dry-run", "--ignore-installed",
+               *options, "-r", f"requirements/{lock}"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
