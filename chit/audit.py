@@ -15,7 +15,24 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationInfo, field_validator
+
+from chit.section import Section
+
+class AuditSink(Section):
+    """The `audit` section of the token server's and the gateway's configuration."""
+
+    sink: str = "stdout"  # or a file path, relative to the configuration file
+
+    @field_validator("sink")
+    @classmethod
+    def _relative_to_the_file(cls, value: str, info: ValidationInfo) -> str:
+        base = (info.context or {}).get("base")
+        return value if value == "stdout" or base is None or Path(value).is_absolute() else str(Path(base) / value)
+
 
 # Decision ids: a random per-process prefix and a counter, in UUID form. Unique
 # across workers and replicas without a system call per request.

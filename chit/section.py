@@ -14,6 +14,7 @@ second silently win.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Mapping, TypeVar
 
@@ -37,6 +38,18 @@ FilePath = Annotated[Path, Field(strict=False), AfterValidator(_relative_to_the_
 PositiveInt = Annotated[int, Field(gt=0)]
 # A time budget for one call to a dependency: more than a minute is a misconfiguration.
 Milliseconds = Annotated[int, Field(gt=0, le=60_000)]
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _dns_label(value: str) -> str:
+    if not _DNS_LABEL.fullmatch(value):
+        raise ValueError("must be a DNS label (lowercase letters, digits, '-'; at most 63)")
+    return value
+
+
+# A name that becomes a path segment of SPIFFE IDs (a cluster's, an OIDC issuer's).
+DnsLabel = Annotated[str, AfterValidator(_dns_label)]
 
 
 class ConfigError(Exception):

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from chit.audit import AuditSink
 from chit.aws import Aws
 from chit.section import ConfigError, FilePath, Section, read_yaml_file, validate_section  # noqa: F401 (ConfigError: raised by the loaders)
 from chit.serving.listen import Listen
@@ -198,16 +199,6 @@ class Route(Section):
         return self
 
 
-class GatewayAudit(Section):
-    sink: str = "stdout"  # or a file path, relative to the configuration file
-
-    @field_validator("sink")
-    @classmethod
-    def _relative_to_the_file(cls, value: str, info: ValidationInfo) -> str:
-        base = (info.context or {}).get("base")
-        return value if value == "stdout" or base is None or Path(value).is_absolute() else str(Path(base) / value)
-
-
 class GatewayConfig(Section):
     chit: TokenIssuer
     audience: str  # the gateway's own name: the `aud` its tokens must carry
@@ -215,7 +206,7 @@ class GatewayConfig(Section):
     listen: Listen = Listen(port=DEFAULT_PORT)
     state: State = State()
     aws: Aws = Aws()  # for keys in AWS Secrets Manager
-    audit: GatewayAudit = GatewayAudit()
+    audit: AuditSink = AuditSink()
     max_request_bytes: Annotated[int, Field(ge=1024, le=32 * 1024 * 1024)] = 4 * 1024 * 1024
 
     @field_validator("audience")

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from chit.attestors.aws_iam.config import AwsIamSettings
 from chit.attestors.aws_iid.config import AwsIidSettings
 from chit.attestors.gcp.config import GcpSettings
 from chit.attestors.kubernetes.config import KubernetesSettings
 from chit.attestors.oidc.config import OidcSettings
+from chit.audit import AuditSink
 from chit.aws import Aws
 from chit.protocol import MAX_TOKEN_TTL
 from chit.policy.config import PolicySettings
@@ -96,16 +97,6 @@ class RateLimits(Section):
     per_client_per_minute: Annotated[int, Field(ge=0)] = 0
 
 
-class Audit(Section):
-    sink: str = "stdout"  # or a file path, relative to the configuration file
-
-    @field_validator("sink")
-    @classmethod
-    def _relative_to_the_file(cls, value: str, info: ValidationInfo) -> str:
-        base = (info.context or {}).get("base")
-        return value if value == "stdout" or base is None or Path(value).is_absolute() else str(Path(base) / value)
-
-
 class Config(Section):
     issuer: str
     listen: Listen = Listen()
@@ -118,7 +109,7 @@ class Config(Section):
     aws: Aws = Aws()
     state: State = State()
     rate_limits: RateLimits = RateLimits()
-    audit: Audit = Audit()
+    audit: AuditSink = AuditSink()
     log: Log = Log()
     tracing: Tracing = Tracing()
     # Not a file key: set by `chit serve --dev`, which adds the development cluster.

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from chit.section import FilePath, Milliseconds, PositiveInt, Section
+from chit.section import DnsLabel, FilePath, Milliseconds, PositiveInt, Section
 from chit.urls import require_safe_url
 
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class KubernetesApi(Section):
@@ -33,7 +31,7 @@ class KubernetesApi(Section):
 
 
 class Cluster(Section):
-    name: str
+    name: DnsLabel
     issuer: str
     jwks_uri: str | None = None
     jwks_file: FilePath | None = None
@@ -43,14 +41,6 @@ class Cluster(Section):
     api: KubernetesApi = KubernetesApi()
     token_review: bool = False
     pod_lookup: bool = False
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        # The name becomes a path segment of every SPIFFE ID of the cluster.
-        if not _DNS_LABEL.fullmatch(value):
-            raise ValueError("must be a DNS label (lowercase letters, digits, '-'; at most 63)")
-        return value
 
     @field_validator("jwks_uri")
     @classmethod

@@ -10,10 +10,9 @@ from pydantic import Field, field_validator, model_validator
 
 from chit.attestors.oidc.mapping import FACT_NAME, RESERVED_FACTS, SubjectTemplate
 from chit.attestors.oidc.presets import PRESETS, ClaimType, FactClaim, PresetName
-from chit.section import FilePath, PositiveInt, Section
+from chit.section import DnsLabel, FilePath, PositiveInt, Section
 from chit.urls import require_safe_url
 
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _CLAIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,127}")
 
 
@@ -33,7 +32,7 @@ class Fact(Section):
 
 
 class OidcIssuer(Section):
-    name: str
+    name: DnsLabel
     preset: PresetName | None = None
     issuer: str | None = None  # None: the preset's
     jwks_uri: str | None = None
@@ -47,14 +46,6 @@ class OidcIssuer(Section):
     # Claims whose value must be one of these (strings), e.g. the one organization
     # of a shared issuer; a token without the claim is refused.
     required_claims: dict[str, Annotated[list[str], Field(min_length=1)]] = {}
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        # The name becomes a path segment of every SPIFFE ID of the issuer.
-        if not _DNS_LABEL.fullmatch(value):
-            raise ValueError("must be a DNS label (lowercase letters, digits, '-'; at most 63)")
-        return value
 
     @field_validator("jwks_uri")
     @classmethod
