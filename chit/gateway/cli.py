@@ -51,8 +51,12 @@ def cmd_gateway(args: argparse.Namespace) -> None:
 
 
 def start_gateway(config: GatewayConfig, workers: int) -> None:
+    import logging
+    import logging.config
+
     from chit.gateway.app import build_gateway
     from chit.gateway.upstream_keys import KeyUnavailable
+    from chit.serving.logs import log_config
     from chit.serving.run import run_uvicorn
     from chit.serving.tls import CertificateError, ReloadingCertificate
 
@@ -64,24 +68,26 @@ def start_gateway(config: GatewayConfig, workers: int) -> None:
     except (KeyUnavailable, CertificateError, ValueError, OSError) as error:
         fail(str(error))
     gateway.audit.close()
+    # From here on this process logs as its workers do (a failed start above is one plain line).
+    logging.config.dictConfig(log_config(config.log))
+    log = logging.getLogger("chit.gateway")
     os.environ[RESOLVED_CONFIG_ENV] = config.model_dump_json()
     scheme = "http" if tls is None else "https"
-    print(
-        f"chit gateway: listening on {scheme}://{config.listen.host}:{config.listen.port} ({workers} worker(s)); "
-        f"routes {', '.join(f'{r.prefix} -> {r.upstream}' for r in config.routes)}; tokens of {config.chit.issuer} "
-        f"for {config.audience}",
-        file=sys.stderr,
+    log.info(
+        "listening on %s://%s:%s (%s worker(s)); routes %s; tokens of %s for %s", scheme, config.listen.host, config.listen.port,
+        workers, ", ".join(f"{r.prefix} -> {r.upstream}" for r in config.routes), config.chit.issuer, config.audience,
     )
     if config.state.backend == "memory":
-        print(
-            "chit gateway: WARNING: state.backend is memory: budgets are this process's own, and revocations "
-            "(chit revoke --subject, POST /revoke) are never seen. Use state.backend: redis, the token server's Redis.",
-            file=sys.stderr,
+        log.warning(
+            "state.backend is memory: budgets are this process's own, and revocations (chit revoke --subject, "
+            "POST /revoke) are never seen. Use state.backend: redis, the token server's Redis."
         )
     if config.listen.plain_http:
-        print("chit gateway: WARNING: listen.plain_http is true: chit tokens and answers cross the network in clear", file=sys.stderr)
+        log.warning("listen.plain_http is true: chit tokens and answers cross the network in clear")
     sys.stderr.flush()
-    run_uvicorn("chit.gateway.app:app_from_environment", config.listen.host, config.listen.port, workers, certificate)
+    run_uvicorn(
+        "chit.gateway.app:app_from_environment", config.listen.host, config.listen.port, workers, certificate, log_config(config.log)
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from chit.audit import AuditSink
 from chit.aws import Aws
 from chit.section import ConfigError, FilePath, Section, read_yaml_file, validate_section  # noqa: F401 (ConfigError: raised by the loaders)
 from chit.serving.listen import Listen
+from chit.serving.logs import Log
 from chit.state import State
 from chit.urls import require_safe_url
 
@@ -207,6 +208,7 @@ class GatewayConfig(Section):
     state: State = State()
     aws: Aws = Aws()  # for keys in AWS Secrets Manager
     audit: AuditSink = AuditSink()
+    log: Log = Log()  # operational logs on stderr: JSON lines (or text), as the token server's
     max_request_bytes: Annotated[int, Field(ge=1024, le=32 * 1024 * 1024)] = 4 * 1024 * 1024
 
     @field_validator("audience")

@@ -46,6 +46,7 @@ from chit.gateway.tokens import AccessToken, AccessTokenVerifier, presented_toke
 from chit.gateway.upstream import Upstreams
 from chit.gateway.upstream_keys import KeyUnavailable, UpstreamKey
 from chit.gateway.usage import JsonUsage, SseUsage, UsageMeter
+from chit.serving.logs import DECISION_ID
 from chit.state import StateUnavailable
 
 log = logging.getLogger("chit.gateway")
@@ -125,6 +126,9 @@ class Gateway:
             method=request.method,
             path=request.scope.get("raw_path", b"").decode("latin-1") or request.url.path,
         )
+        # Every log line of this call, the stream and its charge after the answer included, carries
+        # the call's decision_id. Not reset: each request runs in its own task, with its own context.
+        DECISION_ID.set(call.decision_id)
         try:
             route = self.table.route(call.path)
             call.route = route.name

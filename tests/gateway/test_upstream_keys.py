@@ -49,6 +49,12 @@ def test_a_rotated_key_file_is_picked_up(rotating_gateway: GatewayServer, upstre
     headers = dict(upstream.requests()[-1]["headers"])
     assert headers["authorization"] == f"Bearer {rotated}"
     assert "upstream key" in rotating_gateway.log() and rotated not in rotating_gateway.log()
+    # Operational logs are JSON lines, as the token server's; the line of the call that found
+    # the new key carries that call's decision_id.
+    lines = [json.loads(line) for line in rotating_gateway.log().splitlines()]
+    assert any(line["logger"] == "chit.gateway" and "listening on" in line["message"] for line in lines)
+    changed = [line for line in lines if "changed: the new key is in use" in line["message"]]
+    assert changed and changed[-1]["decision_id"] in {line["decision_id"] for line in rotating_gateway.audit_lines()}
 
     rotating_gateway.keys.write({"openai": b"sk bad key with spaces\n"})  # a bad rotation: the key in use stays
     time.sleep(1.2)
