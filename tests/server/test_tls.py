@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from chit.serving.http import TLS_CLOSE_GRACE_SECONDS
-from chit.serving.tls import RELOAD_SECONDS
+from chit.serving.listen import ListenTls
+from chit.serving.tls import RELOAD_SECONDS, load_context
 from tests.conftest import TEST_BINDINGS, cluster_config
 from tests.factories import (
     ROOT,
@@ -114,13 +115,20 @@ def test_the_tls_port_answers_nothing_in_clear(tls_chit: ChitServer) -> None:
 
 
 def test_tls_1_2_and_1_3_are_served_and_1_1_and_below_refused(
-    tls_chit: ChitServer, tls_ca: TestCertificateAuthority, tls_1_1_can_be_offered: bool
+    tls_chit: ChitServer, tls_ca: TestCertificateAuthority, tls_1_1_can_be_offered: bool, tmp_path: Path
 ) -> None:
     assert handshake(tls_chit.port, versions_context(tls_ca, ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2)) == "TLSv1.2"
     assert handshake(tls_chit.port, versions_context(tls_ca, ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3)) == "TLSv1.3"
-    if not tls_1_1_can_be_offered:
-        pytest.skip("this OpenSSL cannot negotiate TLS 1.1 even with a permissive server")
-    for legacy in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+    # The server's own context refuses anything below TLS 1.2, whatever this machine's client can offer.
+    issued = tls_ca.issue()
+    (tmp_path / "cert.pem").write_bytes(issued.certificate_pem)
+    (tmp_path / "key.pem").write_bytes(issued.key_pem)
+    context, _ = load_context(ListenTls(cert_file=tmp_path / "cert.pem", key_file=tmp_path / "key.pem"))
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    # And a live legacy handshake fails, where this OpenSSL can still offer one (a failure
+    # against a client that cannot offer TLS 1.1 at all would prove nothing).
+    legacy_versions = (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1) if tls_1_1_can_be_offered else ()
+    for legacy in legacy_versions:
         with pytest.raises(ssl.SSLError):
             handshake(tls_chit.port, versions_context(tls_ca, ssl.TLSVersion.TLSv1, legacy))
 
