@@ -11,14 +11,28 @@ with AWS's error code.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from chit.section import Section
 from chit.urls import require_safe_url
+
+AWS_ACCOUNT_ID = re.compile(r"\d{12}")
+
+
+def _account_ids(value: list[str]) -> list[str]:
+    for account in value:
+        if not AWS_ACCOUNT_ID.fullmatch(account):
+            raise ValueError(f"{account!r} is not a 12-digit AWS account id")
+    return value
+
+
+# An allowlist of AWS accounts in a configuration section.
+AccountIds = Annotated[list[str], AfterValidator(_account_ids)]
 
 # Retrying a throttled or failed call once keeps the worst case bounded:
 # 2 attempts × (connect + read timeout).

@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 
 from chit.attestors.aws_iam import DEFAULT_STS_ENDPOINT
+from chit.aws import AccountIds
 from chit.section import Milliseconds, Section
 from chit.urls import require_safe_url
 
-AWS_ACCOUNT_ID = re.compile(r"\d{12}")
 _SERVER_ID = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII: a header value, no space or control
 
 
@@ -23,7 +23,7 @@ class AwsIamSettings(Section):
     server_id: str | None = None
     # The STS endpoints a request may name, exactly as written (scheme, host, path "/").
     sts_endpoints: Annotated[list[str], Field(min_length=1)] = [DEFAULT_STS_ENDPOINT]
-    account_ids: Annotated[list[str], Field(min_length=1)] | None = None  # allowlist
+    account_ids: Annotated[AccountIds, Field(min_length=1)] | None = None  # allowlist
     # IAM users hold long-lived keys and are people as often as workloads: refused unless allowed.
     allow_iam_users: bool = False
     timeout_ms: Milliseconds = 3000  # each call to STS, in total
@@ -43,12 +43,4 @@ class AwsIamSettings(Section):
             parts = urlsplit(endpoint)
             if parts.path != "/" or parts.query or parts.fragment or parts.username or parts.password:
                 raise ValueError(f"{endpoint!r}: an STS endpoint is scheme://host[:port]/ (path '/', nothing else)")
-        return value
-
-    @field_validator("account_ids")
-    @classmethod
-    def _account_ids(cls, value: list[str] | None) -> list[str] | None:
-        for account in value or []:
-            if not AWS_ACCOUNT_ID.fullmatch(account):
-                raise ValueError(f"{account!r} is not a 12-digit AWS account id")
         return value

@@ -6,10 +6,10 @@ import re
 
 from pydantic import field_validator
 
+from chit.aws import AWS_ACCOUNT_ID, AccountIds
 from chit.section import FilePath, PositiveInt, Section
 
 
-AWS_ACCOUNT_ID = re.compile(r"\d{12}")
 AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 AWS_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}")
 
@@ -18,7 +18,7 @@ class AwsIidSettings(Section):
     enabled: bool = True
     certificates_dir: FilePath | None = None  # None: the AWS certificates shipped with chit
     regions: list[str] | None = None  # allowlist; None: every region with a certificate
-    account_ids: list[str] | None = None  # allowlist
+    account_ids: AccountIds | None = None  # allowlist
     verify_instance: bool = False
     # Roles chit assumes to call DescribeInstances in other accounts (account id -> role ARN);
     # an account not listed is described with chit's own AWS credentials.
@@ -32,14 +32,6 @@ class AwsIidSettings(Section):
         for region in value or []:
             if not AWS_REGION.fullmatch(region):
                 raise ValueError(f"{region!r} is not an AWS region name")
-        return value
-
-    @field_validator("account_ids")
-    @classmethod
-    def _account_ids(cls, value: list[str] | None) -> list[str] | None:
-        for account in value or []:
-            if not AWS_ACCOUNT_ID.fullmatch(account):
-                raise ValueError(f"{account!r} is not a 12-digit AWS account id")
         return value
 
     @field_validator("describe_roles")
