@@ -858,6 +858,25 @@ def peer_certificate_serial(port: int, context: ssl.SSLContext, host: str = "127
 # --- a real chit server ------------------------------------------------------------
 
 
+def read_audit_lines(path: Path) -> list[dict[str, Any]]:
+    """The audit lines a chit process (the token server, the gateway) wrote to `path` so far."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for_audit_line(read: Callable[[], list[dict[str, Any]]], decision_id: str, timeout: float) -> dict[str, Any]:
+    """The audit line of `decision_id`, waiting up to `timeout` s for it to be written."""
+    deadline = time.time() + timeout
+    while True:
+        for line in read():
+            if line["decision_id"] == decision_id:
+                return line
+        if time.time() > deadline:
+            raise AssertionError(f"no audit line for {decision_id}")
+        time.sleep(0.05)
+
+
 class ChitServer:
     """`chit serve` in a subprocess, configured from a dict, on a free port; over HTTPS
     with `tls`, a certificate that CA issues for 127.0.0.1 in a Secret-like volume
@@ -955,20 +974,10 @@ class ChitServer:
         return response.json()["active"]
 
     def audit_lines(self) -> list[dict[str, Any]]:
-        path = self.directory / "audit.log"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_audit_lines(self.directory / "audit.log")
 
     def audit_for(self, decision_id: str, timeout: float = 2.0) -> dict[str, Any]:
-        deadline = time.time() + timeout
-        while True:
-            for line in self.audit_lines():
-                if line["decision_id"] == decision_id:
-                    return line
-            if time.time() > deadline:
-                raise AssertionError(f"no audit line for {decision_id}")
-            time.sleep(0.05)
+        return wait_for_audit_line(self.audit_lines, decision_id, timeout)
 
     def jwks(self) -> dict[str, Any]:
         return self.client.get("/.well-known/jwks.json").json()

@@ -7,14 +7,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
-from tests.factories import ROOT, SecretVolume, free_port, wait_for_http
+from tests.factories import ROOT, SecretVolume, free_port, read_audit_lines, wait_for_audit_line, wait_for_http
 
 GATEWAY_AUDIENCE = "https://gateway.chit.test"
 KEYS = {"openai": "sk-standin-openai-0123456789abcdef", "anthropic": "sk-ant-standin-0123456789abcdef",
@@ -108,15 +107,7 @@ class GatewayServer:
         return (self.directory / "gateway.log").read_text(errors="replace")
 
     def audit_lines(self) -> list[dict[str, Any]]:
-        path = self.directory / "audit.log"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return read_audit_lines(self.directory / "audit.log")
 
     def audit_for(self, decision_id: str, timeout: float = 3.0) -> dict[str, Any]:
-        deadline = time.time() + timeout
-        while True:
-            for line in self.audit_lines():
-                if line["decision_id"] == decision_id:
-                    return line
-            if time.time() > deadline:
-                raise AssertionError(f"no gateway audit line for {decision_id}")
-            time.sleep(0.05)
+        return wait_for_audit_line(self.audit_lines, decision_id, timeout)
